@@ -1,0 +1,135 @@
+"""Building blocks of the decoders: projections, RMSNorm, RoPE, masked attention, MLP.
+
+Axis legend (used in every einsum and shape comment):
+  B batch, T query length, S cache slots, D width, N query heads, K KV heads, G group (N // K),
+  H head dim, F MLP width, V vocab, L layers.
+
+Numerics: RMSNorm, RoPE and softmax run in float32 whatever the parameter dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gatekv_jax.models.config import RopeConfig
+
+# Large negative logit for masked keys: finite so fully masked rows never produce NaN.
+MASKED_LOGIT = -1e30
+
+
+class Einsum(nn.Module):
+    """A projection `einsum(equation, x, kernel)` with a logically named kernel (and optional bias)."""
+
+    equation: str
+    kernel_shape: Sequence[int]
+    kernel_axes: Sequence[str]
+    bias_shape: Sequence[int] | None = None
+    bias_axes: Sequence[str] | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), tuple(self.kernel_axes))
+        kernel = self.param("kernel", init, tuple(self.kernel_shape), self.dtype)
+        y = jnp.einsum(self.equation, x, kernel)
+        if self.bias_shape is not None:
+            bias_init = nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.bias_axes))
+            y = y + self.param("bias", bias_init, tuple(self.bias_shape), self.dtype)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last axis in float32; scales by `weight_offset + w` (Gemma uses offset 1)."""
+
+    eps: float
+    axis_name: str
+    weight_offset: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init_value = 1.0 - self.weight_offset
+        init = nn.with_logical_partitioning(nn.initializers.constant(init_value), (self.axis_name,))
+        weight = self.param("weight", init, (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * (self.weight_offset + weight.astype(jnp.float32))).astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, rope: RopeConfig) -> jax.Array:
+    """Rotate `x` [B, T, heads, H] by `positions` [B, T] (rotate-half convention), in float32."""
+    head_dim = x.shape[-1]
+    inv_freq, attention_scaling = rope.inverse_frequencies(head_dim)  # [H/2]
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, H/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, H]
+    cos = jnp.cos(angles) * attention_scaling
+    sin = jnp.sin(angles) * attention_scaling
+    x32 = x.astype(jnp.float32)
+    first, second = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def attention_mask(query_positions: jax.Array, key_positions: jax.Array, window: int | None) -> jax.Array:
+    """Which keys each query sees, from stored positions only.
+
+    query_positions [B, T], key_positions [B, K, S] (-1 = empty slot or padding) -> bool [B, K, T, S]:
+    a key is visible when both positions are valid, it is not in the future, and (for a sliding
+    window) `q_pos - k_pos < window`.
+    """
+    q = query_positions[:, None, :, None]  # [B, 1, T, 1]
+    k = key_positions[:, :, None, :]  # [B, K, 1, S]
+    visible = (q >= 0) & (k >= 0) & (k <= q)
+    if window is not None:
+        visible &= (q - k) < window
+    return visible
+
+
+def attention_weights(queries: jax.Array, keys: jax.Array, mask: jax.Array, *, scale: float) -> jax.Array:
+    """Softmax attention weights in float32.
+
+    queries [B, T, N, H], keys [B, K, S, H], mask [B, K, T, S] -> weights [B, K, G, T, S]; rows with
+    no visible key are all zeros.
+    """
+    batch, length, num_heads, head_dim = queries.shape
+    num_kv_heads = keys.shape[1]
+    grouped = queries.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [B,T,K,G,H]
+    logits = jnp.einsum("BTKGH,BKSH->BKGTS", grouped, keys, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[:, :, None], logits, MASKED_LOGIT)  # [B, K, G, T, S]
+    weights = jax.nn.softmax(logits, axis=-1)
+    return jnp.where(mask.any(axis=-1)[:, :, None, :, None], weights, 0.0)
+
+
+def attend(weights: jax.Array, values: jax.Array) -> jax.Array:
+    """weights [B, K, G, T, S], values [B, K, S, H] -> outputs [B, T, N, H]."""
+    batch, num_kv_heads, groups, length, _ = weights.shape
+    out = jnp.einsum("BKGTS,BKSH->BTKGH", weights.astype(values.dtype), values)  # [B, T, K, G, H]
+    return out.reshape(batch, length, num_kv_heads * groups, values.shape[-1])
+
+
+class MLP(nn.Module):
+    """Gated MLP: down(act(gate(x)) * up(x))."""
+
+    hidden_size: int
+    intermediate_size: int
+    activation: str
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        D, F = self.hidden_size, self.intermediate_size
+        self.gate_proj = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), dtype=self.dtype)
+        self.up_proj = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), dtype=self.dtype)
+        self.down_proj = Einsum("BTF,FD->BTD", (F, D), ("mlp", "embed"), dtype=self.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = self.gate_proj(x)  # [B, T, F]
+        if self.activation == "gelu_tanh":
+            gate = jax.nn.gelu(gate, approximate=True)
+        else:
+            gate = jax.nn.silu(gate)
+        return self.down_proj(gate * self.up_proj(x))  # [B, T, D]
+
