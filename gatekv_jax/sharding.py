@@ -67,13 +67,13 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int] | N
     return PartitionSpec(*spec)
 
 
-def tree_shardings(logical_tree: Any, shapes: Any, mesh: Mesh,
+def tree_shardings(logical_tree: Any, arrays: Any, mesh: Mesh,
                    rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> Any:
-    """NamedShardings for a pytree of logical PartitionSpecs and a matching pytree of shapes."""
+    """NamedShardings for a pytree of logical PartitionSpecs and a matching pytree of arrays (or shapes)."""
     mesh_shape = dict(mesh.shape)
     return jax.tree.map(
-        lambda axes, shape: NamedSharding(mesh, logical_to_spec(tuple(axes), shape, mesh_shape, rules)),
-        logical_tree, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+        lambda axes, array: NamedSharding(mesh, logical_to_spec(tuple(axes), array.shape, mesh_shape, rules)),
+        logical_tree, arrays, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

@@ -17,7 +17,7 @@ import numpy as np
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "gemma3_text", "gemma3")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +34,6 @@ class RopeConfig:
     mscale: float | None = None
     mscale_all_dim: float | None = None
     truncate: bool = True
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
 
     @classmethod
     def from_hf(cls, params: dict[str, Any], max_position_embeddings: int) -> "RopeConfig":
@@ -51,7 +49,7 @@ class RopeConfig:
             raise ValueError(f"rope parameters {params!r} have no rope_theta")
         factor = params.pop("factor", None)
         original = params.pop("original_max_position_embeddings", None)
-        if rope_type in ("yarn", "llama3") and original is None:
+        if rope_type == "yarn" and original is None:
             original = max_position_embeddings
         if factor is None:
             factor = max_position_embeddings / original if rope_type == "yarn" else 1.0
@@ -69,20 +67,7 @@ class RopeConfig:
             return inv_freq, 1.0
         if self.rope_type == "linear":
             return (inv_freq / np.float32(self.factor)).astype(np.float32), 1.0
-        if self.rope_type == "llama3":
-            return self._llama3(inv_freq), 1.0
         return self._yarn(base_freqs, head_dim)
-
-    def _llama3(self, inv_freq: np.ndarray) -> np.ndarray:
-        low_wavelen = self.original_max_position_embeddings / self.low_freq_factor
-        high_wavelen = self.original_max_position_embeddings / self.high_freq_factor
-        wavelen = 2 * math.pi / inv_freq
-        scaled = np.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
-        smooth = (self.original_max_position_embeddings / wavelen - self.low_freq_factor) / (
-            self.high_freq_factor - self.low_freq_factor)
-        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
-        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
     def _yarn(self, base_freqs: np.ndarray, head_dim: int) -> tuple[np.ndarray, float]:
         def mscale_of(scale: float, mscale: float = 1.0) -> float:
