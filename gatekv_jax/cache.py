@@ -24,24 +24,27 @@ EMPTY_POSITION = -1
 class LayerCache:
     """One attention layer's buffer.
 
-    keys, values: [B, K, S, H]; positions: [B, K, S] int32 (-1 = empty); lengths: [B, K] int32, the
-    number of filled slots, which always sit at the front of the buffer.
+    keys, values: [B, K, S, H]; positions: [B, K, S] int32 (-1 = empty); scores: [B, K, S] float32,
+    the eviction scorer's value of each slot; lengths: [B, K] int32, the number of filled slots,
+    which always sit at the front of the buffer.
     """
 
     keys: jax.Array
     values: jax.Array
     positions: jax.Array
+    scores: jax.Array
     lengths: jax.Array
 
     @property
     def capacity(self) -> int:
         return self.keys.shape[2]
 
-    def append(self, keys: jax.Array, values: jax.Array, positions: jax.Array) -> "LayerCache":
+    def append(self, keys: jax.Array, values: jax.Array, positions: jax.Array,
+               scores: jax.Array) -> "LayerCache":
         """Write new tokens after the filled slots of each (row, head).
 
-        keys, values: [B, T, K, H]; positions: [B, T] (-1 marks padding, which takes no slot). Tokens
-        past the capacity are dropped: callers check the capacity on the host before appending.
+        keys, values: [B, T, K, H]; positions: [B, T] (-1 marks padding, which takes no slot);
+        scores: [B, T, K]. Tokens past the capacity are dropped: callers size the cache on the host.
         """
         batch, length, num_kv_heads, _ = keys.shape
         is_token = positions >= 0  # [B, T]
@@ -59,6 +62,7 @@ class LayerCache:
             keys=scatter(self.keys, keys.transpose(0, 2, 1, 3)),  # [B, K, T, H] into [B, K, S, H]
             values=scatter(self.values, values.transpose(0, 2, 1, 3)),
             positions=scatter(self.positions, token_positions),
+            scores=scatter(self.scores, scores.transpose(0, 2, 1)),
             lengths=jnp.minimum(self.lengths + is_token.sum(axis=1, dtype=jnp.int32)[:, None], self.capacity),
         )
 
@@ -96,6 +100,7 @@ def init_cache(config: ModelConfig, batch_size: int, capacity: int | Sequence[in
             keys=jnp.zeros((batch_size, K, slots, H), dtype),
             values=jnp.zeros((batch_size, K, slots, H), dtype),
             positions=jnp.full((batch_size, K, slots), EMPTY_POSITION, jnp.int32),
+            scores=jnp.zeros((batch_size, K, slots), jnp.float32),
             lengths=jnp.zeros((batch_size, K), jnp.int32),
         )
 

@@ -1,18 +1,30 @@
-"""Running a loaded model: a plain forward pass, and one cached step that decoding builds on."""
+"""Running a loaded model: plain forward, compressed prefill, teacher-forced NLL and generation.
+
+Every jitted function sees static shapes: prompts are cut into `policy.chunk_size` chunks (the last
+one padded), caches have capacities fixed by the policy and the context-length bucket, and
+decoding is one `lax.while_loop`. A new prompt length within a bucket or a new decode step never
+recompiles.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.cache import KVCache
+from gatekv_jax.cache import EMPTY_POSITION, KVCache, LayerCache, init_cache
+from gatekv_jax.eviction import evict
+from gatekv_jax.gate import check_gates
 from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.loading import Model
 from gatekv_jax.models.transformer import Decoder
+from gatekv_jax.policy import EvictionPolicy
+from gatekv_jax.scorers import ScorerSpec
 
 
 @functools.lru_cache(maxsize=32)
@@ -68,3 +80,318 @@ def forward(model: Model, tokens: Any, lengths: Any = None) -> jax.Array:
     positions = padded_positions(*array.shape, lengths)
     logits, _ = apply_model(model, jnp.asarray(array), jnp.asarray(positions))
     return logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed prefill, appends without eviction, and the jitted decode loop.
+# ---------------------------------------------------------------------------------------------
+
+@flax.struct.dataclass
+class CompressedContext:
+    """What `prefill` returns: the compressed cache of a context, reusable for many queries.
+
+    cache: the KVCache; seen: [B] context tokens per row; last_logits: [B, V] float32 logits after
+    each row's last context token.
+    """
+
+    cache: KVCache
+    seen: jax.Array
+    last_logits: jax.Array
+
+    def kept_slots(self) -> int:
+        """Filled slots over all layers, rows and heads."""
+        return int(sum(int(layer.lengths.sum()) for layer in self.cache.layers))
+
+
+def as_batch(tokens: Any, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids as a right-padded int32 array [B, T] and lengths [B] (accepts ragged lists)."""
+    if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], (list, tuple, np.ndarray)):
+        rows = [np.asarray(row) for row in tokens]
+        if any(row.ndim != 1 or row.size == 0 for row in rows):
+            raise ValueError("every row of tokens must be a non-empty 1-D sequence")
+        padded = np.zeros((len(rows), max(row.size for row in rows)), np.int64)
+        for i, row in enumerate(rows):
+            padded[i, :row.size] = row
+        lengths = np.array([row.size for row in rows], np.int32)
+        check_tokens(np.concatenate(rows)[None], vocab_size)
+        return padded.astype(np.int32), lengths
+    array = check_tokens(tokens, vocab_size)
+    return array, np.full(array.shape[0], array.shape[1], np.int32)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _context_bucket(policy: EvictionPolicy, longest: int) -> int:
+    if policy.max_context is not None:
+        if longest > policy.max_context:
+            raise ValueError(f"context of {longest} tokens exceeds the policy's max_context {policy.max_context}")
+        return _round_up(policy.max_context, policy.chunk_size)
+    chunks = -(-longest // policy.chunk_size)
+    return policy.chunk_size * (1 << (chunks - 1).bit_length())
+
+
+def _prefill_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> list[int]:
+    keep = policy.keep_count(bucket)
+    if not policy.evicts:
+        gated = bucket
+    elif policy.level == "global":
+        gated = min(bucket, math.ceil(policy.global_head_cap * keep)) + policy.chunk_size
+    else:
+        gated = keep + policy.chunk_size
+    sliding = (config.sliding_window or 0) + policy.chunk_size
+    return [min(sliding, gated if policy.evicts else bucket) if config.is_sliding(i) else gated
+            for i in range(config.num_layers)]
+
+
+def grow_cache(cache: KVCache, capacities: list[int]) -> KVCache:
+    """A copy of `cache` with each layer padded with empty slots to at least `capacities`."""
+    layers = []
+    for layer, capacity in zip(cache.layers, capacities):
+        extra = max(0, capacity - layer.capacity)
+        pad = lambda x, fill: jnp.pad(x, [(0, 0), (0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 3),
+                                      constant_values=fill)
+        layers.append(LayerCache(keys=pad(layer.keys, 0), values=pad(layer.values, 0),
+                                 positions=pad(layer.positions, EMPTY_POSITION), scores=pad(layer.scores, 0.0),
+                                 lengths=layer.lengths))
+    return KVCache(layers=tuple(layers))
+
+
+def _scorer_spec(policy: EvictionPolicy) -> ScorerSpec:
+    return ScorerSpec(policy.scorer, policy.observation_window, policy.pool_kernel, policy.seed)
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_step(config: ModelConfig, dtype: Any, spec: ScorerSpec, level: str, head_cap: int | None,
+                evict_gated: bool, with_nll: bool):
+    """jit(params, gates, cache, tokens, positions, targets, previous_logits, keep, protect_before, recent)
+    -> (cache, last_logits [B, V], nll [B, C] or None): one chunk appended, then eviction (sliding
+    layers back to their window; gated layers to `keep` when `evict_gated`)."""
+    module = Decoder(config, dtype=dtype, scorer=spec)
+
+    def step(params, gates, cache, tokens, positions, targets, previous_logits, keep, protect_before, recent):
+        variables = {"params": params}
+        hidden, cache = module.apply(variables, tokens, positions, cache, gates, method=Decoder.hidden_states)
+        last = jnp.argmax(positions, axis=1)  # [B] index of the newest real token
+        picked = jnp.take_along_axis(hidden, last[:, None, None], axis=1)  # [B, 1, D]
+        logits = module.apply(variables, picked, method=Decoder.logits)[:, 0]  # [B, V]
+        has_token = (positions >= 0).any(axis=1)
+        last_logits = jnp.where(has_token[:, None], logits, previous_logits)
+        nll = None
+        if with_nll:
+            all_logits = module.apply(variables, hidden, method=Decoder.logits)  # [B, C, V]
+            log_probs = jax.nn.log_softmax(all_logits, axis=-1)
+            picked_lp = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+            nll = jnp.where(targets >= 0, -picked_lp, jnp.nan)
+        cache = evict(cache, config, keep, protect_before, recent, level=level, head_cap=head_cap,
+                      evict_gated=evict_gated)
+        return cache, last_logits, nll
+
+    return jax.jit(step, donate_argnums=(2,))
+
+
+def _run(model: Model, fn, *args):
+    if model.mesh is None:
+        return fn(*args)
+    with jax.set_mesh(model.mesh):
+        return fn(*args)
+
+
+def _check_gates_for(model: Model, policy: EvictionPolicy, gates: dict | None) -> dict | None:
+    if policy.scorer != "gate":
+        return None
+    if gates is None:
+        raise ValueError("scorer 'gate' needs gates: pass gates=gatekv_jax.load_gates(...) or init_gates(...)")
+    check_gates(gates, model.config)
+    return gates
+
+
+def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, gates: dict | None = None,
+            prefix_length: int = 0) -> CompressedContext:
+    """Chunked prefill of a context under `policy`; returns the compressed cache.
+
+    After every chunk, each gated head keeps `policy.keep_count(tokens seen)` slots; the first
+    `max(sink, prefix_length)` tokens and the protected recent window are never evicted.
+    """
+    gates = _check_gates_for(model, policy, gates)
+    tokens, lengths = as_batch(context_tokens, model.config.vocab_size)
+    if prefix_length < 0:
+        raise ValueError(f"prefix_length must be >= 0, got {prefix_length}")
+    config, chunk = model.config, policy.chunk_size
+    bucket = _context_bucket(policy, int(lengths.max()))
+    capacities = _prefill_capacities(config, policy, bucket)
+    head_cap = capacities[config.global_layers[0]] - chunk if policy.level == "global" and config.global_layers \
+        else None
+    cache = init_cache(config, tokens.shape[0], capacities, model.dtype)
+    step = _chunk_step(config, jnp.dtype(model.dtype), _scorer_spec(policy), policy.level, head_cap,
+                       policy.evicts, False)
+    batch = tokens.shape[0]
+    last_logits = jnp.zeros((batch, config.vocab_size), jnp.float32)
+    protect_before = np.full(batch, max(policy.sink, prefix_length), np.int32)
+    recent = np.array([policy.protected_window(int(n)) for n in lengths], np.int32)
+    dummy_targets = np.full((batch, chunk), -1, np.int32)
+    n_chunks = -(-int(lengths.max()) // chunk)
+    padded = np.zeros((batch, n_chunks * chunk), np.int32)
+    padded[:, :tokens.shape[1]] = tokens
+    positions = padded_positions(batch, n_chunks * chunk, lengths)
+    for c in range(n_chunks):
+        piece = slice(c * chunk, (c + 1) * chunk)
+        seen = np.minimum(lengths, (c + 1) * chunk)
+        keep = np.array([policy.keep_count(int(s)) for s in seen], np.int32)
+        cache, last_logits, _ = _run(model, step, model.params, gates, cache, padded[:, piece], positions[:, piece],
+                                     dummy_targets, last_logits, keep, protect_before, recent)
+    return CompressedContext(cache=cache, seen=jnp.asarray(lengths), last_logits=last_logits)
+
+
+def _append(model: Model, context: CompressedContext, tokens: np.ndarray, lengths: np.ndarray,
+            policy: EvictionPolicy, gates: dict | None, with_nll: bool, room: int = 0,
+            min_filled: int = 0) -> tuple[CompressedContext, np.ndarray | None]:
+    """Append tokens after each row's context without evicting gated layers (sliding layers keep
+    their window); returns the new context and, with `with_nll`, NLL of each next token [B, T-1].
+
+    Gated layers are grown to hold the tokens, then `room` more slots beyond max(filled, min_filled).
+    """
+    config, chunk = model.config, policy.chunk_size
+    batch, length = tokens.shape
+    if batch != context.seen.shape[0]:
+        raise ValueError(f"{batch} rows of tokens for a cache of {context.seen.shape[0]} rows")
+    n_chunks = -(-length // chunk)
+    filled = [int(layer.lengths.max()) for layer in context.cache.layers]
+    capacities = [cap if config.is_sliding(i) else
+                  _round_up(max(filled[i] + n_chunks * chunk, min_filled) + room, chunk)
+                  for i, cap in enumerate(context.cache.capacities)]
+    sliding_capacity = (config.sliding_window or 0) + max(chunk, policy.decode_block)
+    capacities = [max(cap, sliding_capacity) if config.is_sliding(i) else cap for i, cap in enumerate(capacities)]
+    cache = grow_cache(context.cache, capacities)
+    seen = np.asarray(context.seen)
+    padded = np.zeros((batch, n_chunks * chunk), np.int32)
+    padded[:, :length] = tokens
+    offsets = np.arange(n_chunks * chunk, dtype=np.int32)[None]
+    positions = np.where(offsets < lengths[:, None], seen[:, None] + offsets, -1).astype(np.int32)
+    targets = np.full_like(padded, -1)
+    targets[:, :-1] = np.where(offsets[:, 1:] < lengths[:, None], padded[:, 1:], -1)
+    step = _chunk_step(config, jnp.dtype(model.dtype), _scorer_spec(policy), "head", None, False, with_nll)
+    zeros = np.zeros(batch, np.int32)
+    last_logits, nll_pieces = context.last_logits, []
+    for c in range(n_chunks):
+        piece = slice(c * chunk, (c + 1) * chunk)
+        cache, last_logits, nll = _run(model, step, model.params, gates, cache, padded[:, piece],
+                                       positions[:, piece], targets[:, piece], last_logits, zeros, zeros, zeros)
+        if with_nll:
+            nll_pieces.append(np.asarray(nll))
+    new_context = CompressedContext(cache=cache, seen=jnp.asarray(seen + lengths), last_logits=last_logits)
+    return new_context, (np.concatenate(nll_pieces, axis=1)[:, :length - 1] if with_nll else None)
+
+
+def continuation_nll(model: Model, context_tokens: Any, continuation_tokens: Any, policy: EvictionPolicy,
+                     gates: dict | None = None, cache: CompressedContext | None = None) -> np.ndarray:
+    """Per-token NLL [B, M] of a continuation, teacher-forced over the context's compressed cache.
+
+    The context is prefilled under `policy` (or `cache`, from `prefill`, is used as it is); the
+    continuation is appended without eviction. Rows shorter than M are padded with NaN.
+    """
+    gates = _check_gates_for(model, policy, gates)
+    if cache is None:
+        cache = prefill(model, context_tokens, policy, gates)
+    tokens, lengths = as_batch(continuation_tokens, model.config.vocab_size)
+    first = jax.nn.log_softmax(cache.last_logits, axis=-1)
+    first_nll = -np.asarray(jnp.take_along_axis(first, jnp.asarray(tokens[:, :1]), axis=1))  # [B, 1]
+    _, rest = _append(model, cache, tokens, lengths, policy, gates, with_nll=True)
+    nll = np.concatenate([first_nll, rest], axis=1).astype(np.float32)
+    nll[np.arange(tokens.shape[1])[None] >= lengths[:, None]] = np.nan
+    return nll
+
+
+def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Next tokens [B] from logits [B, V]: greedy when temperature == 0, else nucleus sampling."""
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    sorted_logits = -jnp.sort(-scaled, axis=-1)  # [B, V] descending
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    cutoff = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)  # tokens needed to reach top_p
+    threshold = jnp.take_along_axis(sorted_logits, jnp.minimum(cutoff, logits.shape[-1] - 1), axis=-1)
+    sampled = jax.random.categorical(key, jnp.where(scaled >= threshold, scaled, -jnp.inf), axis=-1)
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+@functools.lru_cache(maxsize=32)
+def _decode_loop(config: ModelConfig, dtype: Any, spec: ScorerSpec, max_new_tokens: int, evict_gated: bool):
+    """jit(params, gates, cache, logits [B, V], next_positions [B], key, temperature, top_p,
+    stop_ids [n], keep [B], protect_before [B], recent [B]) -> (tokens [B, max_new] (-1 after a
+    stop), cache): the whole decode loop as one `lax.while_loop`."""
+    module = Decoder(config, dtype=dtype, scorer=spec)
+
+    def loop(params, gates, cache, logits, next_positions, key, temperature, top_p, stop_ids, keep,
+             protect_before, recent):
+        batch = logits.shape[0]
+
+        def make_room(cache):
+            full = jnp.stack([(layer.lengths >= layer.capacity).any() for layer in cache.layers]).any()
+            return jax.lax.cond(full, lambda c: evict(c, config, keep, protect_before, recent,
+                                                      evict_gated=evict_gated), lambda c: c, cache)
+
+        def body(state):
+            step, cache, logits, positions, key, done, out = state
+            key, sample_key = jax.random.split(key)
+            token = sample_tokens(logits, sample_key, temperature, top_p)  # [B]
+            out = out.at[:, step].set(jnp.where(done, -1, token))
+            done = done | jnp.isin(token, stop_ids)
+            cache = make_room(cache)
+            step_positions = jnp.where(done, -1, positions)[:, None]  # finished rows take no slot
+            new_logits, cache = module.apply({"params": params}, token[:, None], step_positions, cache, gates)
+            return step + 1, cache, new_logits[:, 0], positions + 1, key, done, out
+
+        def cond(state):
+            step, *_, done, _ = state
+            return (step < max_new_tokens) & ~done.all()
+
+        out = jnp.full((batch, max_new_tokens), -1, jnp.int32)
+        done = jnp.zeros((batch,), bool)
+        state = (jnp.int32(0), cache, logits, next_positions, key, done, out)
+        _, cache, _, _, _, _, out = jax.lax.while_loop(cond, body, state)
+        return out, cache
+
+    return jax.jit(loop, donate_argnums=(2,))
+
+
+def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, gates: dict | None = None,
+             max_new_tokens: int = 64, cache: CompressedContext | None = None, temperature: float = 0.0,
+             top_p: float = 1.0, stop_tokens: Any = None, seed: int = 0) -> list[list[int]]:
+    """Generate up to `max_new_tokens` per row; returns the new token ids (stop token excluded).
+
+    Without `cache`, the prompt is prefilled under `policy` (compressed). With a `cache` from
+    `prefill`, the prompt (e.g. a question) is appended to it without evicting the context. While
+    decoding, gated layers are evicted back to `policy.decode_budget` whenever a block is full.
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+    gates = _check_gates_for(model, policy, gates)
+    config = model.config
+    stop = config.eos_token_ids if stop_tokens is None else tuple(int(t) for t in stop_tokens)
+    budget = policy.decode_budget
+    if cache is None:
+        context = prefill(model, prompt_tokens, policy, gates)
+        batch = context.seen.shape[0]
+        tokens, lengths = np.zeros((batch, 0), np.int32), np.zeros(batch, np.int32)
+    else:
+        context = cache
+        tokens, lengths = as_batch(prompt_tokens, config.vocab_size)
+    batch = context.seen.shape[0]
+    room = max_new_tokens if budget is None else policy.decode_block
+    context, _ = _append(model, context, tokens, lengths, policy, gates, with_nll=False, room=room,
+                         min_filled=budget or 0)
+    loop = _decode_loop(config, jnp.dtype(model.dtype), _scorer_spec(policy), max_new_tokens, budget is not None)
+    keep = np.full(batch, budget or 0, np.int32)
+    out, _ = _run(model, loop, model.params, gates, context.cache, context.last_logits, context.seen,
+                  jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
+                  jnp.asarray(stop or (-1,), jnp.int32), keep, np.full(batch, policy.sink, np.int32),
+                  np.full(batch, policy.decode_recent, np.int32))
+    rows = []
+    for row in np.asarray(out):
+        row = row.tolist()
+        stop_at = next((i for i, t in enumerate(row) if t in stop or t < 0), len(row))
+        rows.append(row[:stop_at])
+    return rows

@@ -1,10 +1,11 @@
 """The decoder for Qwen2, Qwen3 and Gemma3 as one pure Flax linen module.
 
-    logits, cache = Decoder(config).apply({"params": params}, tokens, positions, cache)
+    logits, cache = Decoder(config, scorer=spec).apply({"params": params}, tokens, positions, cache, gates)
 
 tokens [B, T] int32; positions [B, T] int32 with -1 for padding; cache a `KVCache` or None (then
 each call attends only within its own tokens). Masks come from positions, so batches may mix
-lengths and padding may sit anywhere.
+lengths and padding may sit anywhere. With a cache, every appended slot is scored by the scorer
+(`gates` holds the Fast KVzip gate parameters when the scorer is "gate").
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gatekv_jax.cache import KVCache, LayerCache
 from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.layers import (MLP, Einsum, RMSNorm, apply_rope, attend, attention_mask,
                                       attention_weights)
+from gatekv_jax.scorers import ScorerSpec, new_token_scores, updated_scores
 from gatekv_jax.sharding import constrain
 
 
@@ -27,6 +29,7 @@ class Attention(nn.Module):
     config: ModelConfig
     layer: int
     dtype: Any = jnp.float32
+    scorer: ScorerSpec = ScorerSpec()
 
     def setup(self):
         c = self.config
@@ -46,9 +49,10 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(**norm)
             self.k_norm = RMSNorm(**norm)
 
-    def __call__(self, x: jax.Array, positions: jax.Array,
-                 cache: LayerCache | None) -> tuple[jax.Array, LayerCache | None]:
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: LayerCache | None,
+                 gate_params: dict | None = None) -> tuple[jax.Array, LayerCache | None]:
         c = self.config
+        sliding = c.is_sliding(self.layer)
         rope = c.rope_of(self.layer)
         queries = self.q_proj(x)  # [B, T, N, H]
         keys = self.k_proj(x)  # [B, T, K, H]
@@ -62,10 +66,14 @@ class Attention(nn.Module):
             all_values = values.transpose(0, 2, 1, 3)
             key_positions = jnp.broadcast_to(positions[:, None, :], all_keys.shape[:3])  # [B, K, S]
         else:
-            cache = cache.append(keys, values, positions)
+            scores = new_token_scores(self.scorer, self.layer, sliding, x, positions, c.num_kv_heads,
+                                      gate_params)  # [B, T, K]
+            cache = cache.append(keys, values, positions, scores)
             all_keys, all_values, key_positions = cache.keys, cache.values, cache.positions
         mask = attention_mask(positions, key_positions, c.window_of(self.layer))  # [B, K, T, S]
         weights = attention_weights(queries, all_keys, mask, scale=c.query_scale)  # [B, K, G, T, S]
+        if cache is not None:
+            cache = cache.replace(scores=updated_scores(self.scorer, sliding, cache.scores, weights, positions))
         out = attend(weights, all_values)  # [B, T, N, H]
         return self.o_proj(out), cache  # [B, T, D]
 
@@ -74,21 +82,22 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
     layer: int
     dtype: Any = jnp.float32
+    scorer: ScorerSpec = ScorerSpec()
 
     def setup(self):
         c = self.config
         norm = dict(eps=c.rms_norm_eps, axis_name="embed", weight_offset=c.norm_weight_offset, dtype=self.dtype)
         self.input_layernorm = RMSNorm(**norm)
-        self.self_attn = Attention(c, self.layer, dtype=self.dtype)
+        self.self_attn = Attention(c, self.layer, dtype=self.dtype, scorer=self.scorer)
         self.post_attention_layernorm = RMSNorm(**norm)
         if c.sandwich_norms:
             self.pre_feedforward_layernorm = RMSNorm(**norm)
             self.post_feedforward_layernorm = RMSNorm(**norm)
         self.mlp = MLP(c.hidden_size, c.intermediate_size, c.activation, dtype=self.dtype)
 
-    def __call__(self, x: jax.Array, positions: jax.Array,
-                 cache: LayerCache | None) -> tuple[jax.Array, LayerCache | None]:
-        attn_out, cache = self.self_attn(self.input_layernorm(x), positions, cache)  # [B, T, D]
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: LayerCache | None,
+                 gate_params: dict | None = None) -> tuple[jax.Array, LayerCache | None]:
+        attn_out, cache = self.self_attn(self.input_layernorm(x), positions, cache, gate_params)  # [B, T, D]
         if self.config.sandwich_norms:  # Gemma: norm after attention, norms around the MLP
             x = x + self.post_attention_layernorm(attn_out)
             x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
@@ -103,24 +112,25 @@ class Decoder(nn.Module):
 
     config: ModelConfig
     dtype: Any = jnp.float32
+    scorer: ScorerSpec = ScorerSpec()
 
     def setup(self):
         c = self.config
         embed_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed"))
         self.embed_tokens = self.param("embed_tokens", embed_init, (c.vocab_size, c.hidden_size), self.dtype)
-        self.layers = [DecoderLayer(c, i, dtype=self.dtype) for i in range(c.num_layers)]
+        self.layers = [DecoderLayer(c, i, dtype=self.dtype, scorer=self.scorer) for i in range(c.num_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, "embed", c.norm_weight_offset, dtype=self.dtype)
         if not c.tie_word_embeddings:
             head_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab"))
             self.lm_head = self.param("lm_head", head_init, (c.hidden_size, c.vocab_size), self.dtype)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        hidden, cache = self.hidden_states(tokens, positions, cache)
+    def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None,
+                 gates: dict | None = None) -> tuple[jax.Array, KVCache | None]:
+        hidden, cache = self.hidden_states(tokens, positions, cache, gates)
         return self.logits(hidden), cache
 
-    def hidden_states(self, tokens: jax.Array, positions: jax.Array,
-                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    def hidden_states(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None,
+                      gates: dict | None = None) -> tuple[jax.Array, KVCache | None]:
         """The final-norm hidden states [B, T, D] and the updated cache."""
         c = self.config
         if cache is not None and len(cache.layers) != c.num_layers:
@@ -131,7 +141,8 @@ class Decoder(nn.Module):
         x = constrain(x, ("batch", "seq", "embed"))
         new_layers = []
         for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(x, positions, None if cache is None else cache.layers[i])
+            gate_params = None if gates is None else gates.get(f"layer_{i}")
+            x, layer_cache = layer(x, positions, None if cache is None else cache.layers[i], gate_params)
             new_layers.append(layer_cache)
         cache = None if cache is None else KVCache(layers=tuple(new_layers))
         return self.norm(x), cache

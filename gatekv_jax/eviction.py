@@ -1,0 +1,82 @@
+"""One static-shape eviction mechanism for every scorer.
+
+Each (layer, row, KV head) keeps its `keep` best slots by priority: protected slots (sinks, the
+protected prefix, the recent window) rank +inf, empty slots -inf, the rest by the scorer's score.
+Kept slots are gathered to the front of the buffer in position order; shapes never change.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gatekv_jax.cache import EMPTY_POSITION, KVCache, LayerCache
+from gatekv_jax.models.config import ModelConfig
+
+_NO_POSITION = jnp.iinfo(jnp.int32).max
+
+
+def priorities(layer: LayerCache, protect_before: jax.Array, recent: jax.Array) -> jax.Array:
+    """Ranking keys [B, K, S]: +inf for positions < protect_before [B] or within the `recent` [B]
+    newest positions of the row, -inf for empty slots, the stored score otherwise."""
+    positions = layer.positions
+    newest = positions.max(axis=(1, 2))[:, None, None]  # [B, 1, 1]
+    protected = (positions < protect_before[:, None, None]) | (positions > newest - recent[:, None, None])
+    ranked = jnp.where(protected, jnp.inf, layer.scores)
+    return jnp.where(positions < 0, -jnp.inf, ranked)
+
+
+def evict_layer(layer: LayerCache, priority: jax.Array, keep: jax.Array) -> LayerCache:
+    """Keep the `keep` [B, K] highest-priority filled slots of each head, compacted in position order."""
+    order = jnp.argsort(-priority, axis=-1, stable=True)  # [B, K, S] best first
+    rank = jnp.argsort(order, axis=-1)  # [B, K, S] rank of each slot
+    kept = (rank < keep[..., None]) & (layer.positions >= 0)
+    compact = jnp.argsort(jnp.where(kept, layer.positions, _NO_POSITION), axis=-1, stable=True)  # [B, K, S]
+
+    def gather(x):
+        index = compact[..., None] if x.ndim == 4 else compact
+        return jnp.take_along_axis(x, index, axis=2)
+
+    kept_sorted = gather(kept)
+    return LayerCache(
+        keys=gather(layer.keys), values=gather(layer.values),
+        positions=jnp.where(kept_sorted, gather(layer.positions), EMPTY_POSITION),
+        scores=jnp.where(kept_sorted, gather(layer.scores), 0.0),
+        lengths=kept.sum(axis=-1, dtype=jnp.int32),
+    )
+
+
+def _global_keep(priority_by_layer: list[jax.Array], keep: jax.Array, head_cap: int) -> list[jax.Array]:
+    """One threshold per row across all gated heads: per-head counts [B, K], each <= head_cap."""
+    batch = keep.shape[0]
+    pooled = jnp.concatenate([p.reshape(batch, -1) for p in priority_by_layer], axis=1)  # [B, L*K*S]
+    num_heads = sum(p.shape[1] for p in priority_by_layer)
+    total = jnp.clip(keep * num_heads, 1, pooled.shape[1])  # [B]
+    ranked = -jnp.sort(-pooled, axis=1)
+    threshold = jnp.take_along_axis(ranked, (total - 1)[:, None], axis=1)  # [B, 1]
+    return [jnp.minimum((p >= threshold[:, :, None]).sum(axis=-1), head_cap).astype(jnp.int32)
+            for p in priority_by_layer]
+
+
+def evict(cache: KVCache, config: ModelConfig, keep: jax.Array, protect_before: jax.Array,
+          recent: jax.Array, level: str = "head", head_cap: int | None = None, evict_gated: bool = True) -> KVCache:
+    """Compress every layer: gated layers to `keep` [B] slots per head (or the global-threshold
+    share with `level="global"`; left as they are when `evict_gated` is False), sliding layers to their
+    window (by recency)."""
+    batch = keep.shape[0]
+    gated = [i for i in range(config.num_layers) if evict_gated and not config.is_sliding(i)]
+    gated_priority = [priorities(cache.layers[i], protect_before, recent) for i in gated]
+    if level == "global" and gated:
+        gated_keep = _global_keep(gated_priority, keep, head_cap)
+    else:
+        gated_keep = [jnp.broadcast_to(keep[:, None], p.shape[:2]).astype(jnp.int32) for p in gated_priority]
+    new_layers = list(cache.layers)
+    for i, priority, head_keep in zip(gated, gated_priority, gated_keep):
+        new_layers[i] = evict_layer(cache.layers[i], priority, head_keep)
+    for i in range(config.num_layers):
+        if config.is_sliding(i):
+            layer = cache.layers[i]
+            recency = jnp.where(layer.positions < 0, -jnp.inf, layer.positions.astype(jnp.float32))
+            window = jnp.full((batch, config.num_kv_heads), config.sliding_window, jnp.int32)
+            new_layers[i] = evict_layer(layer, recency, window)
+    return KVCache(layers=tuple(new_layers))
