@@ -146,15 +146,19 @@ def _prefill_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int
 
 
 def grow_cache(cache: KVCache, capacities: list[int]) -> KVCache:
-    """A copy of `cache` with each layer padded with empty slots to at least `capacities`."""
+    """A copy of `cache` (never sharing buffers, so the original survives donation) with each layer
+    padded with empty slots to at least `capacities`."""
     layers = []
     for layer, capacity in zip(cache.layers, capacities):
         extra = max(0, capacity - layer.capacity)
-        pad = lambda x, fill: jnp.pad(x, [(0, 0), (0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 3),
-                                      constant_values=fill)
+
+        def pad(x, fill):
+            return jnp.pad(x, [(0, 0), (0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 3),
+                           constant_values=fill) if extra else jnp.copy(x)
+
         layers.append(LayerCache(keys=pad(layer.keys, 0), values=pad(layer.values, 0),
                                  positions=pad(layer.positions, EMPTY_POSITION), scores=pad(layer.scores, 0.0),
-                                 lengths=layer.lengths))
+                                 lengths=jnp.copy(layer.lengths)))
     return KVCache(layers=tuple(layers))
 
 

@@ -68,7 +68,7 @@ def test_cached_decoding_equals_full_forward(tiny_model_dir, chunk):
 def test_cache_bytes_equal_capacity():
     config = gk.ModelConfig.from_hf(dict(TINY_CONFIGS["gemma3"]))
     cache = gk.init_cache(config, batch_size=3, capacity=[8, 20, 8, 20])
-    per_slot = 3 * config.num_kv_heads * (2 * config.head_dim * 4 + 4)  # keys + values fp32, int32 position
+    per_slot = 3 * config.num_kv_heads * (2 * config.head_dim * 4 + 4 + 4)  # keys, values, position, score
     assert cache.capacities == (8, 20, 8, 20)
     assert cache.nbytes == per_slot * (8 + 20 + 8 + 20) + 4 * 3 * config.num_kv_heads * 4
 
