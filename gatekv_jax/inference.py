@@ -8,6 +8,7 @@ recompiles.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -20,11 +21,14 @@ import numpy as np
 from gatekv_jax.cache import EMPTY_POSITION, KVCache, LayerCache, init_cache
 from gatekv_jax.eviction import evict
 from gatekv_jax.gate import check_gates
+from gatekv_jax.kvzip import RepeatPrompts, teacher_scores
 from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.loading import Model
 from gatekv_jax.models.transformer import Decoder
 from gatekv_jax.policy import EvictionPolicy
 from gatekv_jax.scorers import ScorerSpec
+
+SLOT_ALIGN = 128  # compressed caches are stored in multiples of this many slots
 
 
 @functools.lru_cache(maxsize=32)
@@ -65,10 +69,7 @@ def padded_positions(batch: int, length: int, lengths: Any = None) -> np.ndarray
 def apply_model(model: Model, tokens: Any, positions: Any, cache: KVCache | None = None):
     """One jitted model call: `(logits [B, T, V] float32, cache)`; the cache argument is donated."""
     fn = _compiled_apply(model.config, jnp.dtype(model.dtype))
-    if model.mesh is None:
-        return fn(model.params, tokens, positions, cache)
-    with jax.set_mesh(model.mesh):
-        return fn(model.params, tokens, positions, cache)
+    return model.run(fn, model.params, tokens, positions, cache)
 
 
 def forward(model: Model, tokens: Any, lengths: Any = None) -> jax.Array:
@@ -98,9 +99,16 @@ class CompressedContext:
     seen: jax.Array
     last_logits: jax.Array
 
-    def kept_slots(self) -> int:
-        """Filled slots over all layers, rows and heads."""
-        return int(sum(int(layer.lengths.sum()) for layer in self.cache.layers))
+    def memory_report(self) -> dict[str, int]:
+        """KV slots and bytes: kept (filled), allocated (capacity) and what a full cache would hold."""
+        layers = self.cache.layers
+        slot_bytes = 2 * layers[0].keys.shape[-1] * layers[0].keys.dtype.itemsize  # one key + one value
+        kept = sum(int(layer.lengths.sum()) for layer in layers)
+        allocated = sum(int(np.prod(layer.positions.shape)) for layer in layers)
+        full = int(np.asarray(self.seen).sum()) * layers[0].keys.shape[1] * len(layers)
+        return {"kept_slots": kept, "allocated_slots": allocated, "full_slots": full,
+                "kept_bytes": kept * slot_bytes, "allocated_bytes": allocated * slot_bytes,
+                "full_bytes": full * slot_bytes}
 
 
 def as_batch(tokens: Any, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,9 +148,31 @@ def _prefill_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int
         gated = min(bucket, math.ceil(policy.global_head_cap * keep)) + policy.chunk_size
     else:
         gated = keep + policy.chunk_size
-    sliding = (config.sliding_window or 0) + policy.chunk_size
-    return [min(sliding, gated if policy.evicts else bucket) if config.is_sliding(i) else gated
-            for i in range(config.num_layers)]
+    sliding = min((config.sliding_window or 0) + policy.chunk_size, bucket)
+    return [sliding if config.is_sliding(i) else gated for i in range(config.num_layers)]
+
+
+def _final_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> list[int]:
+    """Capacities a compressed context is stored with: the gated budget rounded up to SLOT_ALIGN
+    slots (the chunk room is dropped), sliding layers exactly their window."""
+    prefill_capacities = _prefill_capacities(config, policy, bucket)
+    if not policy.evicts:
+        return prefill_capacities
+    return [min(config.sliding_window, cap) if config.is_sliding(i)
+            else min(cap, _round_up(cap - policy.chunk_size, SLOT_ALIGN))
+            for i, cap in enumerate(prefill_capacities)]
+
+
+def shrink_cache(cache: KVCache, capacities: list[int]) -> KVCache:
+    """`cache` cut to `capacities` slots per layer; the filled slots (at the front) must fit."""
+    layers = []
+    for layer, capacity in zip(cache.layers, capacities):
+        if capacity < layer.capacity:
+            layer = LayerCache(keys=layer.keys[:, :, :capacity], values=layer.values[:, :, :capacity],
+                               positions=layer.positions[:, :, :capacity], scores=layer.scores[:, :, :capacity],
+                               lengths=layer.lengths)
+        layers.append(layer)
+    return KVCache(layers=tuple(layers))
 
 
 def grow_cache(cache: KVCache, capacities: list[int]) -> KVCache:
@@ -195,13 +225,6 @@ def _chunk_step(config: ModelConfig, dtype: Any, spec: ScorerSpec, level: str, h
     return jax.jit(step, donate_argnums=(2,))
 
 
-def _run(model: Model, fn, *args):
-    if model.mesh is None:
-        return fn(*args)
-    with jax.set_mesh(model.mesh):
-        return fn(*args)
-
-
 def _check_gates_for(model: Model, policy: EvictionPolicy, gates: dict | None) -> dict | None:
     if policy.scorer != "gate":
         return None
@@ -212,16 +235,19 @@ def _check_gates_for(model: Model, policy: EvictionPolicy, gates: dict | None) -
 
 
 def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, gates: dict | None = None,
-            prefix_length: int = 0) -> CompressedContext:
+            prefix_length: int = 0, repeat_prompts: RepeatPrompts | None = None) -> CompressedContext:
     """Chunked prefill of a context under `policy`; returns the compressed cache.
 
     After every chunk, each gated head keeps `policy.keep_count(tokens seen)` slots; the first
-    `max(sink, prefix_length)` tokens and the protected recent window are never evicted.
+    `max(sink, prefix_length)` tokens and the protected recent window are never evicted. The
+    `kvzip` oracle needs the teacher's prompts: `repeat_prompts`, or the model's own tokenizer.
     """
     gates = _check_gates_for(model, policy, gates)
     tokens, lengths = as_batch(context_tokens, model.config.vocab_size)
     if prefix_length < 0:
         raise ValueError(f"prefix_length must be >= 0, got {prefix_length}")
+    if policy.scorer == "kvzip":
+        return _kvzip_prefill(model, tokens, lengths, policy, prefix_length, repeat_prompts)
     config, chunk = model.config, policy.chunk_size
     bucket = _context_bucket(policy, int(lengths.max()))
     capacities = _prefill_capacities(config, policy, bucket)
@@ -243,8 +269,9 @@ def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, gates: di
         piece = slice(c * chunk, (c + 1) * chunk)
         seen = np.minimum(lengths, (c + 1) * chunk)
         keep = np.array([policy.keep_count(int(s)) for s in seen], np.int32)
-        cache, last_logits, _ = _run(model, step, model.params, gates, cache, padded[:, piece], positions[:, piece],
+        cache, last_logits, _ = model.run(step, model.params, gates, cache, padded[:, piece], positions[:, piece],
                                      dummy_targets, last_logits, keep, protect_before, recent)
+    cache = shrink_cache(cache, _final_capacities(config, policy, bucket))
     return CompressedContext(cache=cache, seen=jnp.asarray(lengths), last_logits=last_logits)
 
 
@@ -280,7 +307,7 @@ def _append(model: Model, context: CompressedContext, tokens: np.ndarray, length
     last_logits, nll_pieces = context.last_logits, []
     for c in range(n_chunks):
         piece = slice(c * chunk, (c + 1) * chunk)
-        cache, last_logits, nll = _run(model, step, model.params, gates, cache, padded[:, piece],
+        cache, last_logits, nll = model.run(step, model.params, gates, cache, padded[:, piece],
                                        positions[:, piece], targets[:, piece], last_logits, zeros, zeros, zeros)
         if with_nll:
             nll_pieces.append(np.asarray(nll))
@@ -365,7 +392,8 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, gates: di
     """Generate up to `max_new_tokens` per row; returns the new token ids (stop token excluded).
 
     Without `cache`, the prompt is prefilled under `policy` (compressed). With a `cache` from
-    `prefill`, the prompt (e.g. a question) is appended to it without evicting the context. While
+    `prefill`, the prompt (e.g. a question; None for nothing) is appended to it without evicting
+    the context. While
     decoding, gated layers are evicted back to `policy.decode_budget` whenever a block is full.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
@@ -382,14 +410,17 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, gates: di
         tokens, lengths = np.zeros((batch, 0), np.int32), np.zeros(batch, np.int32)
     else:
         context = cache
-        tokens, lengths = as_batch(prompt_tokens, config.vocab_size)
-    batch = context.seen.shape[0]
+        batch = context.seen.shape[0]
+        if prompt_tokens is None:  # decode straight after the cached context
+            tokens, lengths = np.zeros((batch, 0), np.int32), np.zeros(batch, np.int32)
+        else:
+            tokens, lengths = as_batch(prompt_tokens, config.vocab_size)
     room = max_new_tokens if budget is None else policy.decode_block
     context, _ = _append(model, context, tokens, lengths, policy, gates, with_nll=False, room=room,
                          min_filled=budget or 0)
     loop = _decode_loop(config, jnp.dtype(model.dtype), _scorer_spec(policy), max_new_tokens, budget is not None)
     keep = np.full(batch, budget or 0, np.int32)
-    out, _ = _run(model, loop, model.params, gates, context.cache, context.last_logits, context.seen,
+    out, _ = model.run(loop, model.params, gates, context.cache, context.last_logits, context.seen,
                   jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
                   jnp.asarray(stop or (-1,), jnp.int32), keep, np.full(batch, policy.sink, np.int32),
                   np.full(batch, policy.decode_recent, np.int32))
@@ -399,3 +430,41 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, gates: di
         stop_at = next((i for i, t in enumerate(row) if t in stop or t < 0), len(row))
         rows.append(row[:stop_at])
     return rows
+
+
+@functools.lru_cache(maxsize=16)
+def _evict_once(config: ModelConfig, level: str, head_cap: int | None):
+    return jax.jit(lambda cache, keep, protect_before, recent: evict(cache, config, keep, protect_before, recent,
+                                                                     level=level, head_cap=head_cap))
+
+
+def _kvzip_prefill(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy: EvictionPolicy,
+                   prefix_length: int, prompts: RepeatPrompts | None) -> CompressedContext:
+    """The KVzip oracle: full prefill, teacher scores on the gated slots, one eviction per row."""
+    from gatekv_jax.models.loading import load_tokenizer
+
+    config = model.config
+    if prompts is None:
+        if model.source is None:
+            raise ValueError("the kvzip scorer needs repeat_prompts (the model has no tokenizer source)")
+        prompts = RepeatPrompts.from_tokenizer(load_tokenizer(model.source), config.model_type)
+    bucket = _context_bucket(policy, int(lengths.max()))
+    full = dataclasses.replace(policy, scorer="full", ratio=None, budget=None, max_context=bucket)
+    head_cap = None
+    if policy.level == "global":
+        head_cap = _prefill_capacities(config, policy, bucket)[config.global_layers[0]] - policy.chunk_size
+    rows = []
+    for row, n in zip(tokens, lengths):
+        context = prefill(model, row[None, :n], full)
+        scores, _ = teacher_scores(model, row[None, :n], prompts)  # [1, Lg, K, n]
+        layers = list(context.cache.layers)
+        for g, i in enumerate(config.global_layers):
+            slot_scores = layers[i].scores.at[:, :, :n].set(jnp.asarray(scores[:, g]))
+            layers[i] = layers[i].replace(scores=slot_scores)
+        cache = _evict_once(config, policy.level, head_cap)(
+            KVCache(layers=tuple(layers)), np.array([policy.keep_count(int(n))], np.int32),
+            np.array([max(policy.sink, prefix_length)], np.int32),
+            np.array([policy.protected_window(int(n))], np.int32))
+        rows.append(CompressedContext(cache=shrink_cache(cache, _final_capacities(config, policy, bucket)),
+                                      seen=context.seen, last_logits=context.last_logits))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-SCORERS = ("full", "gate", "streaming", "snapkv", "h2o", "random")
+SCORERS = ("full", "gate", "kvzip", "streaming", "snapkv", "h2o", "random")
 LEVELS = ("head", "global")
 
 
@@ -13,9 +13,10 @@ LEVELS = ("head", "global")
 class EvictionPolicy:
     """How the cache of full-attention layers is compressed (sliding layers always keep their window).
 
-    scorer: "full" (never evict), "gate" (Fast KVzip), "streaming" (sinks + recency), "snapkv"
-        (pooled attention of the last `observation_window` queries), "h2o" (accumulated attention),
-        "random".
+    scorer: "full" (never evict), "gate" (Fast KVzip), "kvzip" (the teacher as an oracle: the
+        whole context is prefilled, scored by the repeat pass, then evicted once), "streaming"
+        (sinks + recency), "snapkv" (pooled attention of the last `observation_window` queries),
+        "h2o" (accumulated attention), "random".
     ratio / budget: after prefill each head keeps `ceil(ratio * tokens seen)` or `budget` slots
         (protected window included); exactly one is set unless the scorer is "full".
     window: recent context tokens never evicted during prefill; None = the paper's rule (4,096, or

@@ -3,7 +3,8 @@
 Two kinds of signal:
 - at append, each new token gets a score: `gate` (Fast KVzip), `streaming` (its position: recency),
   `random`; the attention-based scorers start at 0;
-- after attention, `snapkv` and `h2o` update every slot's score from the attention weights.
+- after attention, `snapkv` and `h2o` update every slot's score from the attention weights, and
+  `kvzip` (the teacher's repeat pass, see kvzip.py) keeps the maximum weight each slot received.
 Sliding-window layers always score by position: they keep exactly their recent window.
 """
 
@@ -48,8 +49,10 @@ def new_token_scores(spec: ScorerSpec, layer: int, sliding: bool, hidden: jax.Ar
 def updated_scores(spec: ScorerSpec, sliding: bool, scores: jax.Array, weights: jax.Array,
                    query_positions: jax.Array) -> jax.Array:
     """Attention-based updates: scores [B, K, S], weights [B, K, G, T, S] -> new scores [B, K, S]."""
-    if sliding or spec.name not in ("snapkv", "h2o"):
+    if sliding or spec.name not in ("snapkv", "h2o", "kvzip"):
         return scores
+    if spec.name == "kvzip":  # the teacher: max attention over queries and the query group
+        return jnp.maximum(scores, weights.max(axis=(2, 3)))
     if spec.name == "h2o":
         return scores + weights.sum(axis=(2, 3))
     length = query_positions.shape[1]

@@ -10,6 +10,26 @@ import pytest  # noqa: E402
 from tests.tiny_models import TINY_CONFIGS, save_tiny_model  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Drop compiled executables after each test module, so a long run's memory stays flat."""
+    yield
+    from gatekv_jax import inference, kvzip
+
+    for factory in (inference._compiled_apply, inference._chunk_step, inference._decode_loop,
+                    kvzip._prefill_step, kvzip._repeat_step):
+        factory.cache_clear()
+    jax.clear_caches()
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory):
+    """The tiny Gemma3 (sliding + global layers): the richest family for engine tests."""
+    folder = tmp_path_factory.mktemp("gemma3-only")
+    save_tiny_model("gemma3", folder)
+    return folder
+
+
 @pytest.fixture(scope="session", params=sorted(TINY_CONFIGS))
 def tiny_model_dir(request, tmp_path_factory):
     """`(name, folder)` of each tiny model family, saved once per session."""

@@ -13,6 +13,7 @@ from gatekv_jax.gate import init_gates
 from gatekv_jax.models.layers import attend, attention_mask, attention_weights
 from gatekv_jax.models.transformer import Attention
 from gatekv_jax.policy import SCORERS, EvictionPolicy
+from tests.tiny_models import TINY_CONFIGS
 
 V = 97
 
@@ -149,9 +150,8 @@ def test_multi_token_append_over_evicted_cache_equals_one_at_a_time(tiny_model_d
 
 @pytest.mark.parametrize("scorer", SCORERS)
 @pytest.mark.parametrize("level", ["head", "global"])
-def test_every_scorer_batches_of_one_and_three(tiny_model_dir, scorer, level):
-    name, folder = tiny_model_dir
-    model = gk.load_model(folder)
+def test_every_scorer_batches_of_one_and_three(tiny_gemma3_dir, scorer, level):
+    model = gk.load_model(tiny_gemma3_dir)
     gates = init_gates(model.config, seed=1)
     policy = EvictionPolicy(scorer=scorer, ratio=None if scorer == "full" else 0.3, chunk_size=8, window=4,
                             level=level, decode_budget=24, decode_block=8, decode_recent=8)
@@ -185,6 +185,24 @@ class CompileCounter:
     def _listen(self, event, duration, **kwargs):
         if event == "/jax/core/compile/backend_compile_duration":
             self.count += 1
+
+
+def test_tight_budget_still_keeps_whole_sliding_windows():
+    """A gated budget below the sliding window must not shrink (or overflow) the sliding layers."""
+    config = gk.ModelConfig.from_hf(dict(TINY_CONFIGS["gemma3"]))
+    model = gk.Model(config=config, params=gk.init_params(config))
+    policy = EvictionPolicy(scorer="streaming", budget=2, chunk_size=8, window=1, sink=1)
+    seen = [37, 20, 3]
+    context = inference.prefill(model, [tokens_of(1, n, seed=n)[0].tolist() for n in seen], policy)
+    for i, layer in enumerate(context.cache.layers):
+        lengths = np.asarray(layer.lengths)[:, 0]
+        if config.is_sliding(i):
+            np.testing.assert_array_equal(lengths, [min(5, n) for n in seen])
+            newest = np.asarray(layer.positions).max(axis=(1, 2))
+            np.testing.assert_array_equal(newest, np.array(seen) - 1)
+        else:
+            np.testing.assert_array_equal(lengths, [2, 2, 2])
+            assert sorted(np.asarray(layer.positions)[0, 0, :2].tolist()) == [0, 36]  # sink + newest
 
 
 def test_no_recompilation_across_prompt_lengths_and_300_decode_steps(tiny_model_dir):

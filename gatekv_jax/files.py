@@ -1,0 +1,30 @@
+"""Atomic file writes: a long job killed at any moment never leaves a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Call `write(temporary_path)`, then rename onto `path` (same folder, so the rename is atomic)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path: str, value: Any) -> None:
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump(value, f, indent=1)
+
+    write_atomically(path, write)

@@ -1,0 +1,81 @@
+"""`python -m gatekv_jax.generate`: generate text under an eviction policy and report KV memory.
+
+    python -m gatekv_jax.generate --model=gemma3-270m --prompt="..." --scorer=streaming --ratio=0.3
+    python -m gatekv_jax.generate --context_file=doc.txt --prompt="Question: ..." --scorer=gate --gates=g.safetensors
+
+With --context_file the document is compressed first (query-agnostic), then the prompt is
+appended and answered; otherwise the prompt itself is compressed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gatekv_jax.gate import load_gates
+from gatekv_jax.inference import generate, prefill
+from gatekv_jax.models.loading import load_model, load_tokenizer
+from gatekv_jax.policy import LEVELS, SCORERS, EvictionPolicy
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gatekv_jax.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gemma3-270m", help="HF folder, hub id, .gguf file or gemma3-270m")
+    p.add_argument("--prompt", help="prompt text")
+    p.add_argument("--prompt_file", help="read the prompt from this file")
+    p.add_argument("--context_file", help="a document to compress before the prompt is seen")
+    p.add_argument("--scorer", default="streaming", choices=SCORERS)
+    p.add_argument("--ratio", type=float)
+    p.add_argument("--budget", type=int)
+    p.add_argument("--window", type=int)
+    p.add_argument("--sink", type=int, default=4)
+    p.add_argument("--chunk_size", type=int, default=512)
+    p.add_argument("--level", default="head", choices=LEVELS)
+    p.add_argument("--decode_budget", type=int)
+    p.add_argument("--gates", help="gates file (safetensors) for --scorer=gate")
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise SystemExit("error: give exactly one of --prompt and --prompt_file")
+    prompt = args.prompt if args.prompt is not None else open(args.prompt_file).read()
+    ratio = args.ratio if args.scorer == "full" or args.budget is not None else (args.ratio or 0.3)
+    policy = EvictionPolicy(scorer=args.scorer, ratio=None if args.scorer == "full" else ratio,
+                            budget=None if args.scorer == "full" else args.budget, window=args.window,
+                            sink=args.sink, chunk_size=args.chunk_size, level=args.level,
+                            decode_budget=args.decode_budget, seed=args.seed)
+    gates = load_gates(args.gates) if args.gates else None
+    model = load_model(args.model, dtype=args.dtype)
+    tokenizer = load_tokenizer(args.model)
+    prompt_ids = tokenizer(prompt).input_ids
+    if args.context_file:
+        context_ids = tokenizer(open(args.context_file).read()).input_ids
+        context = prefill(model, [context_ids], policy, gates)
+        report = context.memory_report()
+        out = generate(model, [tokenizer(prompt, add_special_tokens=False).input_ids], policy, gates,
+                       max_new_tokens=args.max_new_tokens, cache=context, temperature=args.temperature,
+                       top_p=args.top_p, seed=args.seed)
+    else:
+        context = prefill(model, [prompt_ids], policy, gates)
+        report = context.memory_report()
+        out = generate(model, None, policy, gates, max_new_tokens=args.max_new_tokens, cache=context,
+                       temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    print(tokenizer.decode(out[0]))
+    mib = 1024 * 1024
+    print(f"\n[KV after prefill] kept {report['kept_slots']} of {report['full_slots']} slots "
+          f"({100 * report['kept_slots'] / report['full_slots']:.1f}%): {report['kept_bytes'] / mib:.2f} MiB kept, "
+          f"{report['allocated_bytes'] / mib:.2f} MiB allocated, {report['full_bytes'] / mib:.2f} MiB for a full cache",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
