@@ -8,7 +8,8 @@ def get_config():
     c.model = "gemma3-270m"
     c.dtype = "float32"
     c.workdir = "workdir/gemma3_270m"
-    c.data = config_dict.ConfigDict(dict(source="stdlib", paths=[], heldout_fraction=0.1))
+    c.data = config_dict.ConfigDict(dict(source="stdlib", paths=[], heldout_fraction=0.1,
+                                             max_document_tokens=1000))
     c.context_length = 2000
     c.teacher_chunk = 2000
     c.train_contexts = 32

@@ -8,7 +8,8 @@ def get_config():
     c.model = "Qwen/Qwen2.5-7B-Instruct-1M"
     c.dtype = "bfloat16"
     c.workdir = "workdir/qwen2_5_1m"
-    c.data = config_dict.ConfigDict(dict(source="fineweb-edu", paths=[], heldout_fraction=0.01))
+    c.data = config_dict.ConfigDict(dict(source="fineweb-edu", paths=[], heldout_fraction=0.01,
+                                             max_document_tokens=config_dict.placeholder(int)))
     c.context_length = 16000
     c.teacher_chunk = 2000
     c.train_contexts = 64  # ~1M context tokens

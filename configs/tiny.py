@@ -8,7 +8,8 @@ def get_config():
     c.model = "tiny-random-qwen3"
     c.dtype = "float32"
     c.workdir = "workdir/tiny"
-    c.data = config_dict.ConfigDict(dict(source="stdlib", paths=[], heldout_fraction=0.2))
+    c.data = config_dict.ConfigDict(dict(source="stdlib", paths=[], heldout_fraction=0.2,
+                                             max_document_tokens=100))
     c.context_length = 64
     c.teacher_chunk = 32
     c.train_contexts = 8

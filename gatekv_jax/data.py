@@ -19,17 +19,18 @@ FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 
 
 def stdlib_documents(min_chars: int = 2000) -> Iterator[tuple[str, str]]:
-    """`(doc_id, text)` for every Python source file of the standard library (sorted, deterministic)."""
+    """`(doc_id, text)` for the Python source files of the standard library, in a fixed shuffled
+    order (by a hash of the path), so any prefix of the stream mixes many modules."""
     root = sysconfig.get_paths()["stdlib"]
+    paths = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in ("site-packages", "__pycache__", "test", "tests"))
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    text = f.read()
-                if len(text) >= min_chars:
-                    yield os.path.relpath(path, root), text
+        paths.extend(os.path.join(folder, name) for name in files if name.endswith(".py"))
+    for path in sorted(paths, key=lambda p: hashlib.sha256(os.path.relpath(p, root).encode()).hexdigest()):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        if len(text) >= min_chars:
+            yield os.path.relpath(path, root), text
 
 
 def local_documents(paths: Iterable[str]) -> Iterator[tuple[str, str]]:
@@ -80,11 +81,12 @@ def is_heldout(doc_id: str, heldout_fraction: float) -> bool:
 
 
 def token_contexts(docs: Iterable[tuple[str, str]], tokenizer, length: int, heldout_fraction: float,
-                   split: str) -> Iterator[tuple[list[str], np.ndarray]]:
+                   split: str, max_document_tokens: int | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
     """Contexts of exactly `length` tokens from the documents of one split ("train" / "heldout").
 
-    Documents are tokenised and concatenated (separated by a blank line) in order; each context
-    lists the ids of the documents it draws from. Train and held-out never share a document.
+    Documents are tokenised, cut to their first `max_document_tokens` tokens (None: whole), and
+    concatenated (separated by a blank line) in order; each context lists the ids of the
+    documents it draws from. Train and held-out never share a document.
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
@@ -94,7 +96,8 @@ def token_contexts(docs: Iterable[tuple[str, str]], tokenizer, length: int, held
     for doc_id, text in docs:
         if is_heldout(doc_id, heldout_fraction) != (split == "heldout"):
             continue
-        buffer.extend(tokenizer(text, add_special_tokens=False).input_ids + separator)
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        buffer.extend(ids[:max_document_tokens] + separator)
         sources.append(doc_id)
         while len(buffer) >= length:
             yield list(sources), np.asarray(buffer[:length], np.int32)

@@ -167,3 +167,16 @@ def export_official_gates(gates: dict, config: ModelConfig, path: str) -> None:
             "b": torch.from_numpy(p["bias"][:, None].copy()),
         })
     torch.save({"module": layers}, path)
+
+
+PRETRAINED = {"gemma3-270m": "gemma3-270m.gates.safetensors"}
+
+
+def pretrained_gates(name: str) -> dict:
+    """Gates shipped with the package (trained by `python -m gatekv_jax.train`; the command, config
+    and measured results sit beside the file in `assets/<name>.gates.json`)."""
+    import os
+
+    if name not in PRETRAINED:
+        raise ValueError(f"no pretrained gates for {name!r}; available: {sorted(PRETRAINED)}")
+    return load_gates(os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", PRETRAINED[name]))

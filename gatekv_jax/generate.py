@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gatekv_jax.gate import load_gates
+from gatekv_jax.gate import PRETRAINED, load_gates, pretrained_gates
 from gatekv_jax.inference import generate, prefill
 from gatekv_jax.models.loading import load_model, load_tokenizer
 from gatekv_jax.policy import LEVELS, SCORERS, EvictionPolicy
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="prompt text")
     p.add_argument("--prompt_file", help="read the prompt from this file")
     p.add_argument("--context_file", help="a document to compress before the prompt is seen")
-    p.add_argument("--scorer", default="streaming", choices=SCORERS)
+    p.add_argument("--scorer", default="gate", choices=SCORERS)
     p.add_argument("--ratio", type=float)
     p.add_argument("--budget", type=int)
     p.add_argument("--window", type=int)
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk_size", type=int, default=512)
     p.add_argument("--level", default="head", choices=LEVELS)
     p.add_argument("--decode_budget", type=int)
-    p.add_argument("--gates", help="gates file (safetensors) for --scorer=gate")
+    p.add_argument("--gates", help="gates file (safetensors) for --scorer=gate (default: the packaged gates)")
     p.add_argument("--max_new_tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top_p", type=float, default=1.0)
@@ -52,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
                             budget=None if args.scorer == "full" else args.budget, window=args.window,
                             sink=args.sink, chunk_size=args.chunk_size, level=args.level,
                             decode_budget=args.decode_budget, seed=args.seed)
-    gates = load_gates(args.gates) if args.gates else None
+    gates = None
+    if args.scorer == "gate":
+        if args.gates:
+            gates = load_gates(args.gates)
+        elif args.model in PRETRAINED:
+            gates = pretrained_gates(args.model)
+        else:
+            raise SystemExit(f"error: --scorer=gate needs --gates (no packaged gates for {args.model!r})")
     model = load_model(args.model, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
     prompt_ids = tokenizer(prompt).input_ids

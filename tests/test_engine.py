@@ -10,6 +10,7 @@ from gatekv_jax import inference
 from gatekv_jax.cache import LayerCache
 from gatekv_jax.eviction import _global_keep, evict_layer, priorities
 from gatekv_jax.gate import init_gates
+from gatekv_jax.kvzip import RepeatPrompts
 from gatekv_jax.models.layers import attend, attention_mask, attention_weights
 from gatekv_jax.models.transformer import Attention
 from gatekv_jax.policy import SCORERS, EvictionPolicy
@@ -156,8 +157,9 @@ def test_every_scorer_batches_of_one_and_three(tiny_gemma3_dir, scorer, level):
     policy = EvictionPolicy(scorer=scorer, ratio=None if scorer == "full" else 0.3, chunk_size=8, window=4,
                             level=level, decode_budget=24, decode_block=8, decode_recent=8)
     rows = [tokens_of(1, n, seed=n)[0].tolist() for n in (37, 20, 29)]
+    prompts = RepeatPrompts(prefix=(5, 6), first=(11, 12, 13), next_head=(21, 22), assistant=(31,))
     for batch in (rows[:1], rows):
-        context = inference.prefill(model, batch, policy, gates)
+        context = inference.prefill(model, batch, policy, gates, repeat_prompts=prompts)
         seen = [len(r) for r in batch]
         for i in model.config.global_layers:
             lengths = np.asarray(context.cache.layers[i].lengths)
@@ -169,8 +171,10 @@ def test_every_scorer_batches_of_one_and_three(tiny_gemma3_dir, scorer, level):
             totals = sum(np.asarray(context.cache.layers[i].lengths).sum(axis=1) for i in model.config.global_layers)
             heads = len(model.config.global_layers) * model.config.num_kv_heads
             assert (totals >= np.array([policy.keep_count(n) for n in seen]) * heads).all()
-        out = inference.generate(model, batch, policy, gates, max_new_tokens=30, stop_tokens=[])
+        out = inference.generate(model, None, policy, gates, max_new_tokens=30, cache=context, stop_tokens=[])
         assert [len(o) for o in out] == [30] * len(batch)
+        if scorer != "kvzip":  # prefill + decode in one call (kvzip needs its repeat prompts)
+            assert inference.generate(model, batch, policy, gates, max_new_tokens=30, stop_tokens=[]) == out
         nll = inference.continuation_nll(model, None, [r[:5] for r in batch], policy, gates, cache=context)
         assert np.isfinite(nll).all()
 

@@ -94,6 +94,8 @@ def test_greedy_decoding_matches_transformers(ours, tokenizer, reference):
         with torch.no_grad():
             expected = ref_model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)
         assert greedy(ours, ids, 20) == expected[0, len(ids):].tolist()
+        full = gk.EvictionPolicy(scorer="full", chunk_size=64)
+        assert gk.generate(ours, [ids], full, max_new_tokens=20, stop_tokens=[]) == [expected[0, len(ids):].tolist()]
 
 
 def test_loading_needs_no_torch(tmp_path, ours, tokenizer):
@@ -157,7 +159,7 @@ def test_memory_of_a_2k_prompt_at_ratio_0_3(ours, tokenizer):
 @pytest.mark.parametrize("scorer", gk.policy.SCORERS)
 def test_every_scorer_on_the_real_model(ours, tokenizer, scorer):
     ids = stdlib_ids(tokenizer, "textwrap.py", 300)
-    gates = gk.init_gates(ours.config)
+    gates = gk.pretrained_gates("gemma3-270m")
     policy = gk.EvictionPolicy(scorer=scorer, ratio=None if scorer == "full" else 0.3, chunk_size=128,
                                window=16, decode_budget=200, decode_block=32, decode_recent=32)
     for rows in ([ids], [ids, ids[:170], ids[:233]]):
