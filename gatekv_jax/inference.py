@@ -198,10 +198,11 @@ def _scorer_spec(policy: EvictionPolicy) -> ScorerSpec:
 
 @functools.lru_cache(maxsize=32)
 def _chunk_step(config: ModelConfig, dtype: Any, spec: ScorerSpec, level: str, head_cap: int | None,
-                evict_gated: bool, with_nll: bool):
+                evict_gated: bool, outputs: str):
     """jit(params, gates, cache, tokens, positions, targets, previous_logits, keep, protect_before, recent)
-    -> (cache, last_logits [B, V], nll [B, C] or None): one chunk appended, then eviction (sliding
-    layers back to their window; gated layers to `keep` when `evict_gated`)."""
+    -> (cache, last_logits [B, V], extra): one chunk appended, then eviction (sliding layers back to
+    their window; gated layers to `keep` when `evict_gated`). `outputs` picks extra: "none",
+    "nll" (NLL of `targets` [B, C]) or "log_probs" (next-token log-probabilities [B, C, V])."""
     module = Decoder(config, dtype=dtype, scorer=spec)
 
     def step(params, gates, cache, tokens, positions, targets, previous_logits, keep, protect_before, recent):
@@ -212,15 +213,17 @@ def _chunk_step(config: ModelConfig, dtype: Any, spec: ScorerSpec, level: str, h
         logits = module.apply(variables, picked, method=Decoder.logits)[:, 0]  # [B, V]
         has_token = (positions >= 0).any(axis=1)
         last_logits = jnp.where(has_token[:, None], logits, previous_logits)
-        nll = None
-        if with_nll:
-            all_logits = module.apply(variables, hidden, method=Decoder.logits)  # [B, C, V]
-            log_probs = jax.nn.log_softmax(all_logits, axis=-1)
-            picked_lp = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
-            nll = jnp.where(targets >= 0, -picked_lp, jnp.nan)
+        extra = None
+        if outputs != "none":
+            log_probs = jax.nn.log_softmax(module.apply(variables, hidden, method=Decoder.logits), axis=-1)
+            if outputs == "log_probs":
+                extra = log_probs  # [B, C, V]
+            else:
+                picked_lp = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+                extra = jnp.where(targets >= 0, -picked_lp, jnp.nan)  # [B, C]
         cache = evict(cache, config, keep, protect_before, recent, level=level, head_cap=head_cap,
                       evict_gated=evict_gated)
-        return cache, last_logits, nll
+        return cache, last_logits, extra
 
     return jax.jit(step, donate_argnums=(2,))
 
@@ -255,7 +258,7 @@ def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, gates: di
         else None
     cache = init_cache(config, tokens.shape[0], capacities, model.dtype)
     step = _chunk_step(config, jnp.dtype(model.dtype), _scorer_spec(policy), policy.level, head_cap,
-                       policy.evicts, False)
+                       policy.evicts, "none")
     batch = tokens.shape[0]
     last_logits = jnp.zeros((batch, config.vocab_size), jnp.float32)
     protect_before = np.full(batch, max(policy.sink, prefix_length), np.int32)
@@ -276,10 +279,11 @@ def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, gates: di
 
 
 def _append(model: Model, context: CompressedContext, tokens: np.ndarray, lengths: np.ndarray,
-            policy: EvictionPolicy, gates: dict | None, with_nll: bool, room: int = 0,
-            min_filled: int = 0) -> tuple[CompressedContext, np.ndarray | None]:
+            policy: EvictionPolicy, gates: dict | None, outputs: str = "none", room: int = 0,
+            min_filled: int = 0) -> tuple[CompressedContext, Any]:
     """Append tokens after each row's context without evicting gated layers (sliding layers keep
-    their window); returns the new context and, with `with_nll`, NLL of each next token [B, T-1].
+    their window); returns the new context and, for `outputs="nll"`, the NLL of each next token
+    [B, T-1] (numpy), for `outputs="log_probs"` next-token log-probabilities [B, T, V] (device).
 
     Gated layers are grown to hold the tokens, then `room` more slots beyond max(filled, min_filled).
     """
@@ -302,17 +306,21 @@ def _append(model: Model, context: CompressedContext, tokens: np.ndarray, length
     positions = np.where(offsets < lengths[:, None], seen[:, None] + offsets, -1).astype(np.int32)
     targets = np.full_like(padded, -1)
     targets[:, :-1] = np.where(offsets[:, 1:] < lengths[:, None], padded[:, 1:], -1)
-    step = _chunk_step(config, jnp.dtype(model.dtype), _scorer_spec(policy), "head", None, False, with_nll)
+    step = _chunk_step(config, jnp.dtype(model.dtype), _scorer_spec(policy), "head", None, False, outputs)
     zeros = np.zeros(batch, np.int32)
-    last_logits, nll_pieces = context.last_logits, []
+    last_logits, pieces = context.last_logits, []
     for c in range(n_chunks):
         piece = slice(c * chunk, (c + 1) * chunk)
-        cache, last_logits, nll = model.run(step, model.params, gates, cache, padded[:, piece],
-                                       positions[:, piece], targets[:, piece], last_logits, zeros, zeros, zeros)
-        if with_nll:
-            nll_pieces.append(np.asarray(nll))
+        cache, last_logits, extra = model.run(step, model.params, gates, cache, padded[:, piece],
+                                              positions[:, piece], targets[:, piece], last_logits, zeros, zeros,
+                                              zeros)
+        pieces.append(extra)
     new_context = CompressedContext(cache=cache, seen=jnp.asarray(seen + lengths), last_logits=last_logits)
-    return new_context, (np.concatenate(nll_pieces, axis=1)[:, :length - 1] if with_nll else None)
+    if outputs == "nll":
+        return new_context, np.concatenate([np.asarray(p) for p in pieces], axis=1)[:, :length - 1]
+    if outputs == "log_probs":
+        return new_context, jnp.concatenate(pieces, axis=1)[:, :length]
+    return new_context, None
 
 
 def continuation_nll(model: Model, context_tokens: Any, continuation_tokens: Any, policy: EvictionPolicy,
@@ -328,10 +336,24 @@ def continuation_nll(model: Model, context_tokens: Any, continuation_tokens: Any
     tokens, lengths = as_batch(continuation_tokens, model.config.vocab_size)
     first = jax.nn.log_softmax(cache.last_logits, axis=-1)
     first_nll = -np.asarray(jnp.take_along_axis(first, jnp.asarray(tokens[:, :1]), axis=1))  # [B, 1]
-    _, rest = _append(model, cache, tokens, lengths, policy, gates, with_nll=True)
+    _, rest = _append(model, cache, tokens, lengths, policy, gates, outputs="nll")
     nll = np.concatenate([first_nll, rest], axis=1).astype(np.float32)
     nll[np.arange(tokens.shape[1])[None] >= lengths[:, None]] = np.nan
     return nll
+
+
+def continuation_log_probs(model: Model, continuation_tokens: Any, policy: EvictionPolicy,
+                           cache: CompressedContext, gates: dict | None = None) -> jax.Array:
+    """Next-token log-probabilities [B, M, V] (device array) along a teacher-forced continuation
+    appended without eviction to a compressed context: row t is the distribution of token t."""
+    gates = _check_gates_for(model, policy, gates)
+    tokens, lengths = as_batch(continuation_tokens, model.config.vocab_size)
+    first = jax.nn.log_softmax(cache.last_logits, axis=-1)[:, None]  # [B, 1, V]
+    if tokens.shape[1] == 1:
+        return first
+    _, rest = _append(model, cache, tokens[:, :-1], np.maximum(lengths - 1, 0), policy, gates,
+                      outputs="log_probs")
+    return jnp.concatenate([first, rest], axis=1)
 
 
 def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -416,7 +438,7 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, gates: di
         else:
             tokens, lengths = as_batch(prompt_tokens, config.vocab_size)
     room = max_new_tokens if budget is None else policy.decode_block
-    context, _ = _append(model, context, tokens, lengths, policy, gates, with_nll=False, room=room,
+    context, _ = _append(model, context, tokens, lengths, policy, gates, room=room,
                          min_filled=budget or 0)
     loop = _decode_loop(config, jnp.dtype(model.dtype), _scorer_spec(policy), max_new_tokens, budget is not None)
     keep = np.full(batch, budget or 0, np.int32)

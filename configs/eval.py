@@ -1,0 +1,27 @@
+"""Evaluate every scorer on the packaged Gemma 3 270M with its packaged gates, offline."""
+
+from ml_collections import config_dict
+
+
+def get_config():
+    c = config_dict.ConfigDict()
+    c.model = "gemma3-270m"
+    c.dtype = "float32"
+    c.gates = "packaged"  # or a gates.safetensors path
+    c.scorers = "full,gate,kvzip,snapkv,h2o,streaming,random"
+    c.ratios = "0.1,0.2,0.3,0.4,0.5,0.75,1.0"
+    c.level = "head"
+    c.tasks = "continuation,recall,needle,qa"
+    c.context_length = 2000
+    c.continuation_length = 200
+    c.recall_facts = 10
+    c.needle_depths = "0.1,0.5,0.9"
+    c.n_samples = 3
+    c.chunk_size = 512
+    c.window = config_dict.placeholder(int)  # None: the paper's rule (2% of short contexts)
+    c.sink = 4
+    c.seed = 0
+    c.output = "results/eval_gemma3_270m"
+    # Must match the training config's split so evaluation documents are never training documents.
+    c.data = config_dict.ConfigDict(dict(source="stdlib", paths=[], heldout_fraction=0.1, max_document_tokens=1000))
+    return c

@@ -1,0 +1,66 @@
+"""The evaluation end to end on the tiny model: every task and scorer, the JSON schema, full = reference."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+import gatekv_jax as gk
+from gatekv_jax.evaluate import TASKS, evaluate, token_f1
+from gatekv_jax.models.tiny import TINY_MODEL
+from gatekv_jax.policy import SCORERS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def eval_config(tmp_path):
+    spec = importlib.util.spec_from_file_location("eval_config", os.path.join(ROOT, "configs", "eval.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    gates = str(tmp_path / "gates.safetensors")
+    gk.save_gates(gk.init_gates(gk.load_model(TINY_MODEL).config), gates)
+    config.update(dict(model=TINY_MODEL, gates=gates, ratios="0.5,1.0", context_length=96, continuation_length=16,
+                       recall_facts=2, needle_depths="0.5", n_samples=1, chunk_size=32, output=str(tmp_path / "out")))
+    config.data.max_document_tokens = 200
+    return config
+
+
+def test_every_task_and_scorer_end_to_end(tmp_path):
+    results = evaluate(eval_config(tmp_path))
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert on_disk["records"] == results["records"]
+    assert set(on_disk["header"]) >= {"model", "gates", "versions", "timings", "config"}
+    records = results["records"]
+    assert {(r["task"], r["scorer"], r["ratio"]) for r in records} == \
+        {(t, s, q) for t in TASKS for s in SCORERS for q in (0.5, 1.0)}
+    for record in records:
+        assert {"task", "scorer", "ratio", "level", "n_samples", "kv_fraction"} <= set(record)
+        if record["ratio"] == 1.0 or record["scorer"] == "full":
+            assert record["kv_fraction"] == pytest.approx(1.0)
+            if record["task"] == "continuation":
+                assert record["delta_nll"] == 0.0 and record["top1_agreement"] == 1.0 and record["kl"] == 0.0
+            if record["task"] == "qa":
+                assert record["exact_match"] == 1.0 and record["f1"] == 1.0
+        else:
+            assert 0.4 < record["kv_fraction"] < 0.7
+        if record["task"] == "continuation":
+            assert {"nll", "nll_full", "delta_nll", "kl", "top1_agreement"} <= set(record)
+        if record["task"] == "needle":
+            assert 0.0 <= record["accuracy"] <= 1.0
+    for task in TASKS:
+        assert os.path.isfile(tmp_path / "out" / f"{task}.png")
+
+
+def test_token_f1():
+    assert token_f1("a b c", "a b c") == 1.0
+    assert token_f1("a b", "a c") == pytest.approx(0.5)
+    assert token_f1("", "a") == 0.0
+
+
+def test_unknown_scorer_is_named(tmp_path):
+    config = eval_config(tmp_path)
+    config.scorers = "full,magic"
+    with pytest.raises(ValueError, match="unknown scorers \\['magic'\\]"):
+        evaluate(config)
