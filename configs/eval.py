@@ -20,6 +20,7 @@ def get_config():
     c.chunk_size = 512
     c.window = config_dict.placeholder(int)  # None: the paper's rule (2% of short contexts)
     c.sink = 4
+    c.chat_prefix = True  # contexts follow the chat template's start (BOS, user turn), never evicted
     c.seed = 0
     c.output = "results/eval_gemma3_270m"
     # Must match the training config's split so evaluation documents are never training documents.

@@ -10,7 +10,8 @@ Tasks, each on held-out documents (the training split's complement, split by doc
   compression; greedy answer, exact match;
 - qa: a question about a random line of the context, answered greedily after compression,
   scored against `full`'s answer (exact match, token F1).
-Writes `results.json` (one record per task, scorer, ratio, level; header with model, gates,
+Each context follows the model's chat-template start (BOS and user turn, as in gate training),
+which is protected from eviction. Writes `results.json` (one record per task, scorer, ratio, level; header with model, gates,
 versions, timings), one PNG per task, and prints a table.
 """
 
@@ -30,6 +31,7 @@ from gatekv_jax import data
 from gatekv_jax.files import write_json
 from gatekv_jax.gate import load_gates, pretrained_gates
 from gatekv_jax.inference import CompressedContext, continuation_log_probs, generate, prefill
+from gatekv_jax.kvzip import RepeatPrompts
 from gatekv_jax.models.loading import Model, load_model, load_tokenizer
 from gatekv_jax.policy import SCORERS, EvictionPolicy
 
@@ -159,13 +161,14 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], policy: EvictionPolicy, gates,
-                reference: dict) -> dict[str, float]:
-    """Metrics of one (task, policy); `reference` holds full's outputs per sample (filled when full runs)."""
+                reference: dict, prefix: tuple[int, ...]) -> dict[str, float]:
+    """Metrics of one (task, policy); `reference` holds full's outputs per sample (filled when full runs).
+    Each context is preceded by `prefix` (the chat template's start), which is never evicted."""
     gates = gates if policy.scorer == "gate" else None
     metrics: dict[str, list[float]] = {}
     fractions = []
     for index, sample in enumerate(samples):
-        context = prefill(model, [sample.context.tolist()], policy, gates)
+        context = prefill(model, [list(prefix) + sample.context.tolist()], policy, gates, prefix_length=len(prefix))
         fractions.append(kept_fraction(context, model))
         if task in ("continuation", "recall"):
             log_probs = continuation_log_probs(model, [sample.continuation.tolist()], policy, context, gates)[0]
@@ -215,6 +218,7 @@ def evaluate(config) -> dict:
     gates = None
     if "gate" in scorers:
         gates = pretrained_gates(config.model) if config.gates == "packaged" else load_gates(config.gates)
+    prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix if config.chat_prefix else ()
     records, timings = [], {}
     for task in tasks:
         task_start = time.time()
@@ -222,12 +226,13 @@ def evaluate(config) -> dict:
         if not samples:
             raise ValueError(f"no held-out samples for task {task!r}")
         reference: dict = {}
-        full_metrics = _score_task(task, model, tokenizer, samples, _policy(config, "full", 1.0), gates, reference)
+        full_metrics = _score_task(task, model, tokenizer, samples, _policy(config, "full", 1.0), gates, reference,
+                                   prefix)
         for scorer in scorers:
             for ratio in ratios:
                 policy = _policy(config, scorer, ratio)
                 metrics = full_metrics if policy.scorer == "full" else \
-                    _score_task(task, model, tokenizer, samples, policy, gates, reference)
+                    _score_task(task, model, tokenizer, samples, policy, gates, reference, prefix)
                 record = {"task": task, "scorer": scorer, "ratio": ratio, "level": config.level,
                           "n_samples": len(samples), **metrics}
                 if task in ("continuation", "recall"):

@@ -478,10 +478,13 @@ def _kvzip_prefill(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
     rows = []
     for row, n in zip(tokens, lengths):
         context = prefill(model, row[None, :n], full)
-        scores, _ = teacher_scores(model, row[None, :n], prompts)  # [1, Lg, K, n]
+        # A protected prefix in the row is the teacher's prefix; otherwise the chat prefix is prepended.
+        p = prefix_length
+        row_prompts = dataclasses.replace(prompts, prefix=tuple(int(t) for t in row[:p])) if p else prompts
+        scores, _ = teacher_scores(model, row[None, p:n], row_prompts)  # [1, Lg, K, n - p]
         layers = list(context.cache.layers)
         for g, i in enumerate(config.global_layers):
-            slot_scores = layers[i].scores.at[:, :, :n].set(jnp.asarray(scores[:, g]))
+            slot_scores = layers[i].scores.at[:, :, p:n].set(jnp.asarray(scores[:, g]))
             layers[i] = layers[i].replace(scores=slot_scores)
         cache = _evict_once(config, policy.level, head_cap)(
             KVCache(layers=tuple(layers)), np.array([policy.keep_count(int(n))], np.int32),

@@ -66,19 +66,27 @@ def test_teacher_matches_transformers_attention_maxima(tmp_path, name):
         np.testing.assert_allclose(inputs[:, g], expected_inputs, atol=1e-4)
 
 
-def test_kvzip_oracle_keeps_the_best_teacher_scores(tiny_gemma3_dir):
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_kvzip_oracle_keeps_the_best_teacher_scores(tiny_gemma3_dir, with_prefix):
+    """Without a prefix the teacher prepends its own; a protected prefix in the row is used as the
+    teacher's prefix instead. Either way the same context tokens get the same scores."""
     model = gk.load_model(tiny_gemma3_dir)
     context = np.random.RandomState(1).randint(40, 97, (1, 30)).astype(np.int32)
+    prefix = np.array([PROMPTS.prefix], np.int32) if with_prefix else np.zeros((1, 0), np.int32)
+    row = np.concatenate([prefix, context], axis=1)
+    P, n = prefix.shape[1], row.shape[1]
     policy = gk.EvictionPolicy(scorer="kvzip", ratio=0.4, sink=2, window=3, chunk_size=8)
-    compressed = gk.prefill(model, context, policy, repeat_prompts=PROMPTS)
+    compressed = gk.prefill(model, row, policy, prefix_length=P, repeat_prompts=PROMPTS)
     scores, _ = teacher_scores(model, context, PROMPTS)
+    keep = policy.keep_count(n)
     for g, layer in enumerate(model.config.global_layers):
         cache = compressed.cache.layers[layer]
         for head in range(model.config.num_kv_heads):
             kept = set(np.asarray(cache.positions[0, head, :int(cache.lengths[0, head])]).tolist())
-            protected = {0, 1, 27, 28, 29}
-            free = [p for p in np.argsort(-scores[0, g, head]) if p not in protected][:12 - len(protected)]
-            assert kept == protected | set(int(p) for p in free)
+            protected = set(range(max(2, P))) | {n - 3, n - 2, n - 1}
+            ranked = [P + int(p) for p in np.argsort(-scores[0, g, head])]
+            free = [p for p in ranked if p not in protected][:keep - len(protected)]
+            assert kept == protected | set(free)
 
 
 def test_repeat_prompts_from_the_packaged_tokenizer():
