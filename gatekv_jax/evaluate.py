@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatekv_jax import data
-from gatekv_jax.files import write_json
+from gatekv_jax.files import save_figure, write_json
 from gatekv_jax.gate import load_gates, pretrained_gates
 from gatekv_jax.inference import CompressedContext, continuation_log_probs, generate, prefill
 from gatekv_jax.kvzip import RepeatPrompts
@@ -279,9 +279,7 @@ def plot_task(records: list[dict], task: str, path: str) -> None:
     axis.set(xlabel="retention ratio (global layers)", ylabel=metric, title=task)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path + ".tmp.png", dpi=100)
-    os.replace(path + ".tmp.png", path)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv) -> None:

@@ -31,3 +31,11 @@ def write_json(path: str, value: Any) -> None:
             json.dump(value, f, indent=1)
 
     write_atomically(path, write)
+
+
+def save_figure(figure, path: str) -> None:
+    """Save a matplotlib figure as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
+    plt.close(figure)

@@ -16,7 +16,7 @@ import jax
 
 from gatekv_jax import data
 from gatekv_jax.features import collect_features
-from gatekv_jax.files import write_json
+from gatekv_jax.files import save_figure, write_json
 from gatekv_jax.fit import FitSettings, fit_gates
 from gatekv_jax.gate import init_gates, save_gates
 from gatekv_jax.kvzip import RepeatPrompts
@@ -50,9 +50,7 @@ def plot_history(history: list[dict], layers: tuple[int, ...], path: str) -> Non
     accuracy_axis.set(xlabel="step", ylabel="held-out accuracy (score >= 0.05)", title="gate accuracy")
     loss_axis.legend()
     figure.tight_layout()
-    figure.savefig(path + ".tmp.png", dpi=100)
-    os.replace(path + ".tmp.png", path)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def train(config) -> dict:

@@ -1,6 +1,5 @@
 """KVzip teacher scores against maxima of transformers' own softmax attention weights."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
