@@ -241,6 +241,7 @@ def evaluate(config) -> dict:
                 records.append(record)
                 print(_row(record), flush=True)
         timings[f"{task}_seconds"] = round(time.time() - task_start, 1)
+    add_gap_closed(records)
     import flax
     import transformers
 
@@ -254,11 +255,26 @@ def evaluate(config) -> dict:
     write_json(os.path.join(config.output, "results.json"), results)
     for task in tasks:
         plot_task(records, task, os.path.join(config.output, f"{task}.png"))
+    print("\n".join(["", f"results ({config.output}/results.json):"] + [_row(r) for r in records]), flush=True)
     return results
 
 
+def add_gap_closed(records: list[dict]) -> None:
+    """For `recall` records: the share of the streaming-to-full NLL gap each scorer closes at the same
+    ratio and level, `(nll_streaming - nll) / (nll_streaming - nll_full)` (1 = as good as full, 0 = as
+    good as streaming, < 0 = worse); left out where streaming was not run or ties full."""
+    streaming = {(r["ratio"], r["level"]): r["nll"] for r in records
+                 if r["task"] == "recall" and r["scorer"] == "streaming"}
+    for record in records:
+        if record["task"] != "recall" or (record["ratio"], record["level"]) not in streaming:
+            continue
+        gap = streaming[record["ratio"], record["level"]] - record["nll_full"]
+        if gap > 0:
+            record["gap_closed"] = (streaming[record["ratio"], record["level"]] - record["nll"]) / gap
+
+
 def _row(record: dict) -> str:
-    keys = ("nll", "delta_nll", "kl", "top1_agreement", "accuracy", "exact_match", "f1")
+    keys = ("nll", "delta_nll", "gap_closed", "kl", "top1_agreement", "accuracy", "exact_match", "f1")
     values = " ".join(f"{k}={record[k]:.4f}" for k in keys if k in record)
     return (f"{record['task']:12s} {record['scorer']:9s} ratio={record['ratio']:.2f} "
             f"kv={record['kv_fraction']:.3f} {values}")

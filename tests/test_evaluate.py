@@ -7,9 +7,10 @@ import os
 import pytest
 
 import gatekv_jax as gk
-from gatekv_jax.evaluate import TASKS, evaluate, token_f1
+from gatekv_jax.evaluate import TASKS, add_gap_closed, evaluate, token_f1
 from gatekv_jax.models.tiny import TINY_MODEL
 from gatekv_jax.policy import SCORERS
+from gatekv_jax.report import markdown_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,8 +60,32 @@ def test_token_f1():
     assert token_f1("", "a") == 0.0
 
 
+def test_gap_closed_is_the_share_of_the_streaming_to_full_gap():
+    def record(scorer, nll, ratio=0.3, task="recall"):
+        return {"task": task, "scorer": scorer, "ratio": ratio, "level": "head", "nll": nll, "nll_full": 0.5}
+
+    records = [record("streaming", 2.5), record("gate", 1.0), record("random", 3.0), record("full", 0.5),
+               record("gate", 1.0, ratio=0.5), record("streaming", 2.5, task="continuation")]
+    add_gap_closed(records)
+    assert [r.get("gap_closed") for r in records] == [0.0, 0.75, -0.25, 1.0, None, None]
+
+
 def test_unknown_scorer_is_named(tmp_path):
     config = eval_config(tmp_path)
     config.scorers = "full,magic"
     with pytest.raises(ValueError, match="unknown scorers \\['magic'\\]"):
         evaluate(config)
+
+
+def test_markdown_tables_put_scorers_in_rows_and_ratios_in_columns():
+    def record(scorer, ratio, nll):
+        return {"task": "recall", "scorer": scorer, "ratio": ratio, "level": "global", "n_samples": 2, "nll": nll,
+                "nll_full": 0.5, "kv_fraction": ratio}
+
+    records = [record("full", 1.0, 0.5), record("gate", 0.3, 1.25), record("gate", 0.5, 1.0),
+               record("streaming", 0.3, 2.0), record("streaming", 0.5, 1.5)]
+    add_gap_closed(records)
+    text = markdown_tables({"header": {"config": {"context_length": 2000}}, "records": records})
+    assert "**recall: NLL of the recalled facts (full 0.500)** (2000 tokens, global level, 2 samples)" in text
+    assert "| scorer | 0.3 | 0.5 |\n| --- | --- | --- |\n| gate | 1.250 | 1.000 |\n| streaming | 2.000 | 1.500 |" in text
+    assert "| gate | 50% | 50% |" in text and "| streaming | 0% | 0% |" in text

@@ -1,0 +1,59 @@
+"""`python -m gatekv_jax.report results.json [...]`: markdown tables of evaluation results.
+
+One table per (task, metric, context length): rows are scorers, columns retention ratios. This is
+how the README's result tables are made from `results.json` files of `gatekv_jax.evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+# (task, metric, title, format); titles may use {full}, the full cache's value
+TABLES = (
+    ("continuation", "delta_nll", "continuation: NLL increase over full (full NLL {full})", "{:+.3f}"),
+    ("continuation", "top1_agreement", "continuation: top-1 agreement with full", "{:.3f}"),
+    ("recall", "nll", "recall: NLL of the recalled facts (full {full})", "{:.3f}"),
+    ("recall", "gap_closed", "recall: share of the streaming-to-full NLL gap closed", "{:.0%}"),
+    ("needle", "accuracy", "needle: pass-key accuracy (full {full})", "{:.2f}"),
+    ("qa", "f1", "qa: token F1 against full's answer", "{:.2f}"),
+)
+FULL_VALUE = {"delta_nll": "nll", "nll": "nll", "accuracy": "accuracy"}
+
+
+def markdown_tables(results: dict) -> str:
+    """The tables of one results dict (as written to results.json)."""
+    records = results["records"]
+    length = results["header"]["config"].get("context_length")
+    level = {r["level"] for r in records}
+    out = []
+    for task, metric, title, fmt in TABLES:
+        rows = [r for r in records if r["task"] == task and metric in r and r["scorer"] != "full"]
+        if not rows:
+            continue
+        ratios = sorted({r["ratio"] for r in rows if r["ratio"] < 1.0})
+        scorers = list(dict.fromkeys(r["scorer"] for r in rows))
+        full = next((r for r in records if r["task"] == task and r["scorer"] == "full"), None)
+        full_value = f"{full[FULL_VALUE[metric]]:.3f}" if full and metric in FULL_VALUE else "-"
+        out.append(f"**{title.format(full=full_value)}** ({length} tokens, {'/'.join(sorted(level))} level, "
+                   f"{rows[0]['n_samples']} samples)\n")
+        out.append("| scorer | " + " | ".join(f"{q:g}" for q in ratios) + " |")
+        out.append("| --- |" + " --- |" * len(ratios))
+        for scorer in scorers:
+            values = {r["ratio"]: r[metric] for r in rows if r["scorer"] == scorer}
+            cells = [fmt.format(values[q]) if q in values else "-" for q in ratios]
+            out.append(f"| {scorer} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(paths: list[str]) -> None:
+    if not paths:
+        raise SystemExit("usage: python -m gatekv_jax.report results.json [more results.json ...]")
+    for path in paths:
+        with open(path) as file:
+            print(markdown_tables(json.load(file)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
