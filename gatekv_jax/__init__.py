@@ -10,7 +10,7 @@ from gatekv_jax.sharding import LOGICAL_RULES, make_mesh
 
 __all__ = [
     "CompressedContext", "Decoder", "EvictionPolicy", "KVCache", "LOGICAL_RULES", "LayerCache", "Model",
-    "ModelConfig", "apply_model", "continuation_log_probs", "continuation_nll", "forward", "gate_scores", "generate", "init_cache",
-    "init_gates", "init_params", "load_gates", "load_model", "load_tokenizer", "make_mesh", "prefill",
+    "ModelConfig", "apply_model", "continuation_log_probs", "continuation_nll", "forward", "gate_scores", "generate",
+    "init_cache", "init_gates", "init_params", "load_gates", "load_model", "load_tokenizer", "make_mesh", "prefill",
     "pretrained_gates", "save_gates",
 ]

@@ -11,8 +11,9 @@ Tasks, each on held-out documents (the training split's complement, split by doc
 - qa: a question about a random line of the context, answered greedily after compression,
   scored against `full`'s answer (exact match, token F1).
 Each context follows the model's chat-template start (BOS and user turn, as in gate training),
-which is protected from eviction. Writes `results.json` (one record per task, scorer, ratio, level; header with model, gates,
-versions, timings), one PNG per task, and prints a table.
+which is protected from eviction. Writes `results.json` (one record per task, scorer, ratio, level;
+header with model, gates, versions, timings), one PNG per task, and prints a table. For `recall`,
+`gap_closed` is the share of the streaming-to-full NLL gap a scorer closes.
 """
 
 from __future__ import annotations

@@ -87,5 +87,6 @@ def test_markdown_tables_put_scorers_in_rows_and_ratios_in_columns():
     add_gap_closed(records)
     text = markdown_tables({"header": {"config": {"context_length": 2000}}, "records": records})
     assert "**recall: NLL of the recalled facts (full 0.500)** (2000 tokens, global level, 2 samples)" in text
-    assert "| scorer | 0.3 | 0.5 |\n| --- | --- | --- |\n| gate | 1.250 | 1.000 |\n| streaming | 2.000 | 1.500 |" in text
+    table = "| scorer | 0.3 | 0.5 |\n| --- | --- | --- |\n| gate | 1.250 | 1.000 |\n| streaming | 2.000 | 1.500 |"
+    assert table in text
     assert "| gate | 50% | 50% |" in text and "| streaming | 0% | 0% |" in text
