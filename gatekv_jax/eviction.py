@@ -3,6 +3,11 @@
 Each (layer, row, KV head) keeps its `keep` best slots by priority: protected slots (sinks, the
 protected prefix, the recent window) rank +inf, empty slots -inf, the rest by the scorer's score.
 Kept slots are gathered to the front of the buffer in position order; shapes never change.
+How the `keep` budget is spread (the policy's `level`):
+- "head": every gated (layer, KV head) keeps its own top `keep`;
+- "global": one threshold per row over all gated heads (per-head counts vary, capped);
+- "token": every gated layer and head keeps the same `keep` tokens, ranked by each token's best
+  rank quantile over the gated (layer, head)s, so a token that matters anywhere is kept everywhere.
 """
 
 from __future__ import annotations
@@ -58,14 +63,36 @@ def _global_keep(priority_by_layer: list[jax.Array], keep: jax.Array, head_cap: 
             for p in priority_by_layer]
 
 
+def _rank_quantiles(priority: jax.Array) -> jax.Array:
+    """priority [B, K, S] -> each scored slot's rank among the scored slots of its head, in [0, 1)
+    (protected slots stay +inf, empty slots -inf)."""
+    finite = jnp.isfinite(priority)
+    rank = jnp.argsort(jnp.argsort(jnp.where(finite, priority, -jnp.inf), axis=-1), axis=-1)  # [B, K, S]
+    below = (~finite).sum(axis=-1, keepdims=True)  # protected and empty slots rank first here
+    scored = jnp.maximum(finite.sum(axis=-1, keepdims=True), 1)
+    return jnp.where(finite, (rank - below) / scored, priority)
+
+
+def _token_priority(priority_by_layer: list[jax.Array]) -> jax.Array:
+    """One priority [B, 1, S] for every gated layer and head: the best rank quantile of each slot.
+
+    Needs gated layers whose slots hold the same positions in the same order, which holds for
+    caches that were only ever evicted at this level (each eviction leaves identical layouts)."""
+    quantiles = jnp.concatenate([_rank_quantiles(p) for p in priority_by_layer], axis=1)  # [B, L*K, S]
+    return quantiles.max(axis=1, keepdims=True)
+
+
 def evict(cache: KVCache, config: ModelConfig, keep: jax.Array, protect_before: jax.Array,
           recent: jax.Array, level: str = "head", head_cap: int | None = None, evict_gated: bool = True) -> KVCache:
-    """Compress every layer: gated layers to `keep` [B] slots per head (or the global-threshold
-    share with `level="global"`; left as they are when `evict_gated` is False), sliding layers to their
-    window (by recency)."""
+    """Compress every layer: gated layers to `keep` [B] slots per head (`level` "head" or "token"), or
+    to their share of one threshold (`level="global"`), or left as they are when `evict_gated` is
+    False; sliding layers to their window (by recency)."""
     batch = keep.shape[0]
     gated = [i for i in range(config.num_layers) if evict_gated and not config.is_sliding(i)]
     gated_priority = [priorities(cache.layers[i], protect_before, recent) for i in gated]
+    if level == "token" and gated:
+        shared = _token_priority(gated_priority)
+        gated_priority = [jnp.broadcast_to(shared, p.shape) for p in gated_priority]
     if level == "global" and gated:
         gated_keep = _global_keep(gated_priority, keep, head_cap)
     else:

@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 SCORERS = ("full", "gate", "kvzip", "streaming", "snapkv", "h2o", "random")
-LEVELS = ("head", "global")
+LEVELS = ("head", "global", "token")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,9 @@ class EvictionPolicy:
         system prompt / template) may be protected per call.
     chunk_size: prefill chunk length; the cache is compressed after every chunk.
     level: "head" keeps the same count in every head; "global" ranks all gated heads of a row
-        against one threshold (per-head counts vary, each capped by `global_head_cap` x budget).
+        against one threshold (per-head counts vary, each capped by `global_head_cap` x budget);
+        "token" keeps the same tokens in every gated layer and head, ranked by each token's best
+        rank quantile over them (decoding-time eviction is per head at every level).
     decode_budget: slots per head kept while decoding (None = no eviction while decoding); when a
         block of `decode_block` new slots is full, the cache is evicted back to the budget,
         keeping the last `decode_recent` tokens and the first `sink` tokens.

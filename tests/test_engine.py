@@ -8,7 +8,7 @@ import pytest
 import gatekv_jax as gk
 from gatekv_jax import inference
 from gatekv_jax.cache import LayerCache
-from gatekv_jax.eviction import _global_keep, evict_layer, priorities
+from gatekv_jax.eviction import _global_keep, _token_priority, evict_layer, priorities
 from gatekv_jax.gate import init_gates
 from gatekv_jax.kvzip import RepeatPrompts
 from gatekv_jax.models.layers import attend, attention_mask, attention_weights
@@ -69,6 +69,18 @@ def test_global_threshold_literal():
     assert [int(c[0, 0]) for c in counts] == [3, 3]
     capped = _global_keep([a, b], keep=jnp.array([3]), head_cap=2)
     assert [int(c[0, 0]) for c in capped] == [2, 2]
+
+
+def test_token_level_priority_literal():
+    a = jnp.array([[[np.inf, 0.9, 0.8, 0.1, 0.5, -np.inf]]])  # layer 1: ranks 3, 2, 0, 1 of 4 scored
+    b = jnp.array([[[np.inf, 0.1, 0.2, 0.9, 0.3, -np.inf]]])  # layer 2: ranks 0, 1, 3, 2
+    shared = _token_priority([a, b])
+    np.testing.assert_allclose(shared[0, 0], [np.inf, 0.75, 0.5, 0.75, 0.5, -np.inf])
+    layer = literal_layer()
+    layer = layer.replace(positions=layer.positions[:, :, :6], scores=layer.scores[:, :, :6], keys=layer.keys[:, :, :6],
+                          values=layer.values[:, :, :6], lengths=jnp.array([[5]], jnp.int32))
+    kept = evict_layer(layer, shared, keep=jnp.array([[3]]))
+    np.testing.assert_array_equal(kept.positions[0, 0], [0, 1, 3, -1, -1, -1])  # ties keep the older slot first
 
 
 def test_attention_over_evicted_cache_equals_reference_over_kept_set():
@@ -150,7 +162,7 @@ def test_multi_token_append_over_evicted_cache_equals_one_at_a_time(tiny_model_d
 
 
 @pytest.mark.parametrize("scorer", SCORERS)
-@pytest.mark.parametrize("level", ["head", "global"])
+@pytest.mark.parametrize("level", ["head", "global", "token"])
 def test_every_scorer_batches_of_one_and_three(tiny_gemma3_dir, scorer, level):
     model = gk.load_model(tiny_gemma3_dir)
     gates = init_gates(model.config, seed=1)
@@ -165,8 +177,13 @@ def test_every_scorer_batches_of_one_and_three(tiny_gemma3_dir, scorer, level):
             lengths = np.asarray(context.cache.layers[i].lengths)
             if scorer == "full":
                 np.testing.assert_array_equal(lengths, np.repeat(np.array(seen)[:, None], lengths.shape[1], 1))
-            elif level == "head":
+            elif level in ("head", "token"):
                 np.testing.assert_array_equal(lengths[:, 0], [policy.keep_count(n) for n in seen])
+        if level == "token" and scorer != "full":  # every gated layer and head holds the same tokens
+            first = np.asarray(context.cache.layers[model.config.global_layers[0]].positions)
+            for i in model.config.global_layers:
+                positions = np.asarray(context.cache.layers[i].positions)
+                np.testing.assert_array_equal(positions, np.broadcast_to(first[:, :1], positions.shape))
         if level == "global" and scorer != "full":
             totals = sum(np.asarray(context.cache.layers[i].lengths).sum(axis=1) for i in model.config.global_layers)
             heads = len(model.config.global_layers) * model.config.num_kv_heads
