@@ -10,7 +10,7 @@ def get_config():
     c.gates = "packaged"  # or a gates.safetensors path
     c.scorers = "full,gate,kvzip,snapkv,h2o,streaming,random"
     c.ratios = "0.1,0.2,0.3,0.4,0.5,0.75,1.0"
-    c.level = "global"  # the paper: one threshold across layers and heads ("head": per-head top-k)
+    c.level = "token"  # same tokens in every gated layer; "global": the paper's one threshold; "head": per-head top-k
     c.tasks = "continuation,recall,needle,qa"
     c.context_length = 2000
     c.continuation_length = 200

@@ -1,7 +1,8 @@
 """`python -m gatekv_jax.report results.json [...]`: markdown tables of evaluation results.
 
-One table per (task, metric, context length): rows are scorers, columns retention ratios. This is
-how the README's result tables are made from `results.json` files of `gatekv_jax.evaluate`.
+One table per (context length, level, task, metric): rows are scorers, columns retention ratios;
+the records of several files with the same context length and level share tables (e.g. runs of
+different ratios). This is how the README's result tables are made from `gatekv_jax.evaluate`.
 """
 
 from __future__ import annotations
@@ -21,38 +22,43 @@ TABLES = (
 FULL_VALUE = {"delta_nll": "nll", "nll": "nll", "accuracy": "accuracy"}
 
 
-def markdown_tables(results: dict) -> str:
-    """The tables of one results dict (as written to results.json)."""
-    records = results["records"]
-    length = results["header"]["config"].get("context_length")
-    level = {r["level"] for r in records}
+def markdown_tables(*results: dict) -> str:
+    """The tables of one or more results dicts (as written to results.json)."""
+    records = [{**r, "context_length": res["header"]["config"].get("context_length")}
+               for res in results for r in res["records"]]
+    groups = dict.fromkeys((r["context_length"], r["level"]) for r in records)
     out = []
-    for task, metric, title, fmt in TABLES:
-        rows = [r for r in records if r["task"] == task and metric in r and r["scorer"] != "full"]
-        if not rows:
-            continue
-        ratios = sorted({r["ratio"] for r in rows if r["ratio"] < 1.0})
-        scorers = list(dict.fromkeys(r["scorer"] for r in rows))
-        full = next((r for r in records if r["task"] == task and r["scorer"] == "full"), None)
-        full_value = f"{full[FULL_VALUE[metric]]:.3f}" if full and metric in FULL_VALUE else "-"
-        out.append(f"**{title.format(full=full_value)}** ({length} tokens, {'/'.join(sorted(level))} level, "
-                   f"{rows[0]['n_samples']} samples)\n")
-        out.append("| scorer | " + " | ".join(f"{q:g}" for q in ratios) + " |")
-        out.append("| --- |" + " --- |" * len(ratios))
-        for scorer in scorers:
-            values = {r["ratio"]: r[metric] for r in rows if r["scorer"] == scorer}
-            cells = [fmt.format(values[q]) if q in values else "-" for q in ratios]
-            out.append(f"| {scorer} | " + " | ".join(cells) + " |")
-        out.append("")
+    for length, level in groups:
+        group = [r for r in records if (r["context_length"], r["level"]) == (length, level)]
+        for task, metric, title, fmt in TABLES:
+            rows = [r for r in group if r["task"] == task and metric in r and r["scorer"] != "full"]
+            if not rows:
+                continue
+            ratios = sorted({r["ratio"] for r in rows if r["ratio"] < 1.0})
+            scorers = list(dict.fromkeys(r["scorer"] for r in rows))
+            full = next((r for r in group if r["task"] == task and r["scorer"] == "full"), None)
+            full_value = f"{full[FULL_VALUE[metric]]:.3f}" if full and metric in FULL_VALUE else "-"
+            samples = sorted({r["n_samples"] for r in rows})
+            out.append(f"**{title.format(full=full_value)}** ({length} tokens, {level} level, "
+                       f"{'/'.join(map(str, samples))} samples)\n")
+            out.append("| scorer | " + " | ".join(f"{q:g}" for q in ratios) + " |")
+            out.append("| --- |" + " --- |" * len(ratios))
+            for scorer in scorers:
+                values = {r["ratio"]: r[metric] for r in rows if r["scorer"] == scorer}
+                cells = [fmt.format(values[q]) if q in values else "-" for q in ratios]
+                out.append(f"| {scorer} | " + " | ".join(cells) + " |")
+            out.append("")
     return "\n".join(out)
 
 
 def main(paths: list[str]) -> None:
     if not paths:
         raise SystemExit("usage: python -m gatekv_jax.report results.json [more results.json ...]")
+    results = []
     for path in paths:
         with open(path) as file:
-            print(markdown_tables(json.load(file)))
+            results.append(json.load(file))
+    print(markdown_tables(*results))
 
 
 if __name__ == "__main__":
