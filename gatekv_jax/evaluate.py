@@ -62,7 +62,8 @@ def kept_fraction(context: CompressedContext, model: Model) -> float:
 def _policy(config, scorer: str, ratio: float) -> EvictionPolicy:
     full = scorer == "full" or ratio >= 1.0
     return EvictionPolicy(scorer="full" if full else scorer, ratio=None if full else ratio, level=config.level,
-                          chunk_size=config.chunk_size, window=config.window, sink=config.sink, seed=config.seed)
+                          token_pool=config.token_pool, chunk_size=config.chunk_size, window=config.window,
+                          sink=config.sink, seed=config.seed)
 
 
 def _heldout_contexts(config, tokenizer, length: int) -> Iterator[np.ndarray]:

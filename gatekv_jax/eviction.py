@@ -7,10 +7,14 @@ How the `keep` budget is spread (the policy's `level`):
 - "head": every gated (layer, KV head) keeps its own top `keep`;
 - "global": one threshold per row over all gated heads (per-head counts vary, capped);
 - "token": every gated layer and head keeps the same `keep` tokens, ranked by each token's best
-  rank quantile over the gated (layer, head)s, so a token that matters anywhere is kept everywhere.
+  rank quantile over the gated (layer, head)s, so a token that matters anywhere is kept everywhere;
+  with `token_pool` > 1 a token also takes the best quantile of its neighbouring slots, so the
+  glue of a kept phrase (the space before a number, the word before a name) stays with it.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +23,15 @@ from gatekv_jax.cache import EMPTY_POSITION, KVCache, LayerCache
 from gatekv_jax.models.config import ModelConfig
 
 _NO_POSITION = jnp.iinfo(jnp.int32).max
+
+
+class Allocation(NamedTuple):
+    """How gated layers spread their budget (static under jit): the `level` ("head", "global" or
+    "token"), the per-head cap of "global", and the neighbourhood (odd, in slots) of "token"."""
+
+    level: str = "head"
+    head_cap: int | None = None
+    token_pool: int = 1
 
 
 def priorities(layer: LayerCache, protect_before: jax.Array, recent: jax.Array) -> jax.Array:
@@ -73,28 +86,37 @@ def _rank_quantiles(priority: jax.Array) -> jax.Array:
     return jnp.where(finite, (rank - below) / scored, priority)
 
 
-def _token_priority(priority_by_layer: list[jax.Array]) -> jax.Array:
-    """One priority [B, 1, S] for every gated layer and head: the best rank quantile of each slot.
+def _token_priority(priority_by_layer: list[jax.Array], pool: int = 1) -> jax.Array:
+    """One priority [B, 1, S] for every gated layer and head: the best rank quantile of each slot,
+    max-pooled over `pool` neighbouring slots (scored slots only: protected slots stay +inf and
+    lend nothing to their neighbours, empty slots stay -inf).
 
     Needs gated layers whose slots hold the same positions in the same order, which holds for
     caches that were only ever evicted at this level (each eviction leaves identical layouts)."""
     quantiles = jnp.concatenate([_rank_quantiles(p) for p in priority_by_layer], axis=1)  # [B, L*K, S]
-    return quantiles.max(axis=1, keepdims=True)
+    best = quantiles.max(axis=1, keepdims=True)  # [B, 1, S]
+    if pool == 1:
+        return best
+    scored = jnp.isfinite(best)
+    pooled = jax.lax.reduce_window(jnp.where(scored, best, -jnp.inf), -jnp.inf, jax.lax.max,
+                                   (1, 1, pool), (1, 1, 1), "SAME")  # [B, 1, S]
+    return jnp.where(scored, pooled, best)
 
 
 def evict(cache: KVCache, config: ModelConfig, keep: jax.Array, protect_before: jax.Array,
-          recent: jax.Array, level: str = "head", head_cap: int | None = None, evict_gated: bool = True) -> KVCache:
-    """Compress every layer: gated layers to `keep` [B] slots per head (`level` "head" or "token"), or
-    to their share of one threshold (`level="global"`), or left as they are when `evict_gated` is
+          recent: jax.Array, allocation: Allocation = Allocation(), evict_gated: bool = True) -> KVCache:
+    """Compress every layer: gated layers to `keep` [B] slots per head (level "head" or "token"), or
+    to their share of one threshold (level "global"), or left as they are when `evict_gated` is
     False; sliding layers to their window (by recency)."""
+    level = allocation.level
     batch = keep.shape[0]
     gated = [i for i in range(config.num_layers) if evict_gated and not config.is_sliding(i)]
     gated_priority = [priorities(cache.layers[i], protect_before, recent) for i in gated]
     if level == "token" and gated:
-        shared = _token_priority(gated_priority)
+        shared = _token_priority(gated_priority, allocation.token_pool)
         gated_priority = [jnp.broadcast_to(shared, p.shape) for p in gated_priority]
     if level == "global" and gated:
-        gated_keep = _global_keep(gated_priority, keep, head_cap)
+        gated_keep = _global_keep(gated_priority, keep, allocation.head_cap)
     else:
         gated_keep = [jnp.broadcast_to(keep[:, None], p.shape[:2]).astype(jnp.int32) for p in gated_priority]
     new_layers = list(cache.layers)

@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sink", type=int, default=4)
     p.add_argument("--chunk_size", type=int, default=512)
     p.add_argument("--level", default="head", choices=LEVELS)
+    p.add_argument("--token_pool", type=int, default=3, help="neighbouring slots pooled at --level=token (odd)")
     p.add_argument("--decode_budget", type=int)
     p.add_argument("--gates", help="gates file (safetensors) for --scorer=gate (default: the packaged gates)")
     p.add_argument("--max_new_tokens", type=int, default=64)
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = EvictionPolicy(scorer=args.scorer, ratio=None if args.scorer == "full" else ratio,
                             budget=None if args.scorer == "full" else args.budget, window=args.window,
                             sink=args.sink, chunk_size=args.chunk_size, level=args.level,
-                            decode_budget=args.decode_budget, seed=args.seed)
+                            token_pool=args.token_pool, decode_budget=args.decode_budget, seed=args.seed)
     gates = None
     if args.scorer == "gate":
         if args.gates:

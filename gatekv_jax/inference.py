@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatekv_jax.cache import EMPTY_POSITION, KVCache, LayerCache, init_cache
-from gatekv_jax.eviction import evict
+from gatekv_jax.eviction import Allocation, evict
 from gatekv_jax.gate import check_gates
 from gatekv_jax.kvzip import RepeatPrompts, teacher_scores
 from gatekv_jax.models.config import ModelConfig
@@ -152,6 +152,14 @@ def _prefill_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int
     return [sliding if config.is_sliding(i) else gated for i in range(config.num_layers)]
 
 
+def _allocation(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> Allocation:
+    """The static allocation of the gated budget; "global" caps each head at its prefill buffer."""
+    head_cap = None
+    if policy.level == "global" and config.global_layers:
+        head_cap = _prefill_capacities(config, policy, bucket)[config.global_layers[0]] - policy.chunk_size
+    return Allocation(policy.level, head_cap, policy.token_pool)
+
+
 def _final_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> list[int]:
     """Capacities a compressed context is stored with: the gated budget rounded up to SLOT_ALIGN
     slots (the chunk room is dropped), sliding layers exactly their window."""
@@ -197,8 +205,8 @@ def _scorer_spec(policy: EvictionPolicy) -> ScorerSpec:
 
 
 @functools.lru_cache(maxsize=32)
-def _chunk_step(config: ModelConfig, dtype: Any, spec: ScorerSpec, level: str, head_cap: int | None,
-                evict_gated: bool, outputs: str):
+def _chunk_step(config: ModelConfig, dtype: Any, spec: ScorerSpec, allocation: Allocation, evict_gated: bool,
+                outputs: str):
     """jit(params, gates, cache, tokens, positions, targets, previous_logits, keep, protect_before, recent)
     -> (cache, last_logits [B, V], extra): one chunk appended, then eviction (sliding layers back to
     their window; gated layers to `keep` when `evict_gated`). `outputs` picks extra: "none",
@@ -221,8 +229,7 @@ def _chunk_step(config: ModelConfig, dtype: Any, spec: ScorerSpec, level: str, h
             else:
                 picked_lp = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
                 extra = jnp.where(targets >= 0, -picked_lp, jnp.nan)  # [B, C]
-        cache = evict(cache, config, keep, protect_before, recent, level=level, head_cap=head_cap,
-                      evict_gated=evict_gated)
+        cache = evict(cache, config, keep, protect_before, recent, allocation, evict_gated=evict_gated)
         return cache, last_logits, extra
 
     return jax.jit(step, donate_argnums=(2,))
@@ -254,10 +261,8 @@ def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, gates: di
     config, chunk = model.config, policy.chunk_size
     bucket = _context_bucket(policy, int(lengths.max()))
     capacities = _prefill_capacities(config, policy, bucket)
-    head_cap = capacities[config.global_layers[0]] - chunk if policy.level == "global" and config.global_layers \
-        else None
     cache = init_cache(config, tokens.shape[0], capacities, model.dtype)
-    step = _chunk_step(config, jnp.dtype(model.dtype), _scorer_spec(policy), policy.level, head_cap,
+    step = _chunk_step(config, jnp.dtype(model.dtype), _scorer_spec(policy), _allocation(config, policy, bucket),
                        policy.evicts, "none")
     batch = tokens.shape[0]
     last_logits = jnp.zeros((batch, config.vocab_size), jnp.float32)
@@ -306,7 +311,7 @@ def _append(model: Model, context: CompressedContext, tokens: np.ndarray, length
     positions = np.where(offsets < lengths[:, None], seen[:, None] + offsets, -1).astype(np.int32)
     targets = np.full_like(padded, -1)
     targets[:, :-1] = np.where(offsets[:, 1:] < lengths[:, None], padded[:, 1:], -1)
-    step = _chunk_step(config, jnp.dtype(model.dtype), _scorer_spec(policy), "head", None, False, outputs)
+    step = _chunk_step(config, jnp.dtype(model.dtype), _scorer_spec(policy), Allocation(), False, outputs)
     zeros = np.zeros(batch, np.int32)
     last_logits, pieces = context.last_logits, []
     for c in range(n_chunks):
@@ -455,9 +460,9 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, gates: di
 
 
 @functools.lru_cache(maxsize=16)
-def _evict_once(config: ModelConfig, level: str, head_cap: int | None):
+def _evict_once(config: ModelConfig, allocation: Allocation):
     return jax.jit(lambda cache, keep, protect_before, recent: evict(cache, config, keep, protect_before, recent,
-                                                                     level=level, head_cap=head_cap))
+                                                                     allocation))
 
 
 def _kvzip_prefill(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy: EvictionPolicy,
@@ -472,9 +477,7 @@ def _kvzip_prefill(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
         prompts = RepeatPrompts.from_tokenizer(load_tokenizer(model.source), config.model_type)
     bucket = _context_bucket(policy, int(lengths.max()))
     full = dataclasses.replace(policy, scorer="full", ratio=None, budget=None, max_context=bucket)
-    head_cap = None
-    if policy.level == "global":
-        head_cap = _prefill_capacities(config, policy, bucket)[config.global_layers[0]] - policy.chunk_size
+    evict_once = _evict_once(config, _allocation(config, policy, bucket))
     rows = []
     for row, n in zip(tokens, lengths):
         context = prefill(model, row[None, :n], full)
@@ -486,7 +489,7 @@ def _kvzip_prefill(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
         for g, i in enumerate(config.global_layers):
             slot_scores = layers[i].scores.at[:, :, p:n].set(jnp.asarray(scores[:, g]))
             layers[i] = layers[i].replace(scores=slot_scores)
-        cache = _evict_once(config, policy.level, head_cap)(
+        cache = evict_once(
             KVCache(layers=tuple(layers)), np.array([policy.keep_count(int(n))], np.int32),
             np.array([max(policy.sink, prefix_length)], np.int32),
             np.array([policy.protected_window(int(n))], np.int32))

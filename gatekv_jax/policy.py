@@ -28,6 +28,9 @@ class EvictionPolicy:
         against one threshold (per-head counts vary, each capped by `global_head_cap` x budget);
         "token" keeps the same tokens in every gated layer and head, ranked by each token's best
         rank quantile over them (decoding-time eviction is per head at every level).
+    token_pool: at level "token", each token also takes the best quantile of the `token_pool`
+        (odd) neighbouring slots around it, so a kept phrase keeps its glue tokens (the space
+        before a number); 1 = no pooling.
     decode_budget: slots per head kept while decoding (None = no eviction while decoding); when a
         block of `decode_block` new slots is full, the cache is evicted back to the budget,
         keeping the last `decode_recent` tokens and the first `sink` tokens.
@@ -42,6 +45,7 @@ class EvictionPolicy:
     sink: int = 4
     chunk_size: int = 512
     level: str = "head"
+    token_pool: int = 3
     observation_window: int = 32
     pool_kernel: int = 7
     decode_budget: int | None = None
@@ -65,7 +69,7 @@ class EvictionPolicy:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        for name in ("chunk_size", "observation_window", "pool_kernel", "decode_block"):
+        for name in ("chunk_size", "observation_window", "pool_kernel", "token_pool", "decode_block"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -73,8 +77,9 @@ class EvictionPolicy:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if self.pool_kernel % 2 == 0:
-            raise ValueError(f"pool_kernel must be odd, got {self.pool_kernel}")
+        for name in ("pool_kernel", "token_pool"):
+            if getattr(self, name) % 2 == 0:
+                raise ValueError(f"{name} must be odd, got {getattr(self, name)}")
         if self.global_head_cap < 1.0:
             raise ValueError(f"global_head_cap must be >= 1, got {self.global_head_cap}")
         if self.decode_budget is not None and self.decode_budget <= self.sink + self.decode_recent:

@@ -83,6 +83,20 @@ def test_token_level_priority_literal():
     np.testing.assert_array_equal(kept.positions[0, 0], [0, 1, 3, -1, -1, -1])  # ties keep the older slot first
 
 
+def test_token_pool_lends_neighbours_their_best_quantile_literal():
+    a = jnp.array([[[np.inf, 0.1, 0.2, 0.9, 0.3, 0.4, 0.0, -np.inf]]])  # quantiles 1, 2, 5, 3, 4, 0 (/6)
+    np.testing.assert_allclose(_token_priority([a])[0, 0], [np.inf, 1 / 6, 2 / 6, 5 / 6, 3 / 6, 4 / 6, 0, -np.inf])
+    pooled = _token_priority([a], pool=3)[0, 0]  # the +inf sink lends nothing, the empty slot stays empty
+    np.testing.assert_allclose(pooled, [np.inf, 2 / 6, 5 / 6, 5 / 6, 5 / 6, 4 / 6, 4 / 6, -np.inf])
+    positions = jnp.array([[[0, 1, 2, 3, 4, 5, 6, -1]]], jnp.int32)
+    layer = LayerCache(keys=jnp.zeros((1, 1, 8, 2)), values=jnp.zeros((1, 1, 8, 2)), positions=positions,
+                       scores=a, lengths=jnp.array([[7]], jnp.int32))
+    plain = evict_layer(layer, _token_priority([a]), keep=jnp.array([[4]]))
+    np.testing.assert_array_equal(plain.positions[0, 0, :4], [0, 3, 4, 5])
+    kept = evict_layer(layer, pooled[None, None], keep=jnp.array([[4]]))
+    np.testing.assert_array_equal(kept.positions[0, 0, :4], [0, 2, 3, 4])  # the best token and both neighbours
+
+
 def test_attention_over_evicted_cache_equals_reference_over_kept_set():
     config = gk.ModelConfig.from_hf({"model_type": "qwen3", "vocab_size": V, "hidden_size": 32,
                                      "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 4,
@@ -248,6 +262,8 @@ def test_no_recompilation_across_prompt_lengths_and_300_decode_steps(tiny_model_
     (dict(scorer="gate"), "exactly one of ratio and budget"),
     (dict(scorer="gate", ratio=1.5), r"ratio must be in \(0, 1\], got 1.5"),
     (dict(scorer="gate", ratio=0.3, level="layer"), "unknown level 'layer'"),
+    (dict(scorer="gate", ratio=0.3, level="token", token_pool=2), "token_pool must be odd, got 2"),
+    (dict(scorer="gate", ratio=0.3, level="token", token_pool=0), "token_pool must be a positive int, got 0"),
     (dict(scorer="gate", ratio=0.3, chunk_size=0), "chunk_size must be a positive int, got 0"),
     (dict(scorer="gate", ratio=0.3, decode_budget=100), "decode_budget 100 must exceed"),
 ])
