@@ -13,12 +13,14 @@ Tasks, each on held-out documents (the training split's complement, split by doc
 Each context follows the model's chat-template start (BOS and user turn, as in gate training),
 which is protected from eviction. Writes `results.json` (one record per task, scorer, ratio, level;
 header with model, gates, versions, timings), one PNG per task, and prints a table. For `recall`,
-`gap_closed` is the share of the streaming-to-full NLL gap a scorer closes.
+`gap_closed` is the share of the streaming-to-full NLL gap a scorer closes. `results.json` is
+rewritten (atomically) after every record; rerunning the same config into the same folder resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -221,9 +223,30 @@ def evaluate(config) -> dict:
     if "gate" in scorers:
         gates = pretrained_gates(config.model) if config.gates == "packaged" else load_gates(config.gates)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix if config.chat_prefix else ()
+    path = os.path.join(config.output, "results.json")
+    previous = _previous_records(config, path)
     records, timings = [], {}
+
+    def save(complete: bool) -> dict:
+        import flax
+        import transformers
+
+        header = {"model": config.model, "gates": config.gates if "gate" in scorers else None,
+                  "versions": {"jax": jax.__version__, "flax": flax.__version__,
+                               "transformers": transformers.__version__},
+                  "timings": {**timings, "total_seconds": round(time.time() - started, 1)},
+                  "resumed_records": sum(key in previous for key in map(_record_key, records)),
+                  "complete": complete, "config": config.to_dict()}
+        results = {"header": header, "records": records}
+        write_json(path, results)
+        return results
+
     for task in tasks:
         task_start = time.time()
+        todo = [(scorer, ratio) for scorer in scorers for ratio in ratios if (task, scorer, ratio) not in previous]
+        if not todo:
+            records += [previous[task, scorer, ratio] for scorer in scorers for ratio in ratios]
+            continue
         samples = SAMPLE_BUILDERS[task](config, tokenizer)
         if not samples:
             raise ValueError(f"no held-out samples for task {task!r}")
@@ -232,6 +255,9 @@ def evaluate(config) -> dict:
                                    prefix)
         for scorer in scorers:
             for ratio in ratios:
+                if (task, scorer, ratio) in previous:
+                    records.append(previous[task, scorer, ratio])
+                    continue
                 policy = _policy(config, scorer, ratio)
                 metrics = full_metrics if policy.scorer == "full" else \
                     _score_task(task, model, tokenizer, samples, policy, gates, reference, prefix)
@@ -242,23 +268,33 @@ def evaluate(config) -> dict:
                     record["delta_nll"] = metrics["nll"] - full_metrics["nll"]
                 records.append(record)
                 print(_row(record), flush=True)
+                save(complete=False)
         timings[f"{task}_seconds"] = round(time.time() - task_start, 1)
     add_gap_closed(records)
-    import flax
-    import transformers
-
-    results = {"header": {"model": config.model, "gates": config.gates if "gate" in scorers else None,
-                          "versions": {"jax": jax.__version__, "flax": flax.__version__,
-                                       "transformers": transformers.__version__},
-                          "timings": {**timings, "total_seconds": round(time.time() - started, 1)},
-                          "config": config.to_dict()},
-               "records": records}
-    os.makedirs(config.output, exist_ok=True)
-    write_json(os.path.join(config.output, "results.json"), results)
+    results = save(complete=True)
     for task in tasks:
         plot_task(records, task, os.path.join(config.output, f"{task}.png"))
     print("\n".join(["", f"results ({config.output}/results.json):"] + [_row(r) for r in records]), flush=True)
     return results
+
+
+def _record_key(record: dict) -> tuple:
+    return record["task"], record["scorer"], record["ratio"]
+
+
+def _previous_records(config, path: str) -> dict[tuple, dict]:
+    """Records already in `path` from a run of the same config (an interrupted or finished run
+    resumes where it stopped); a file written by a different config is refused, never mixed in."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        previous = json.load(f)
+    old, new = previous["header"]["config"], json.loads(json.dumps(config.to_dict()))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
+                         f"pass a new --config.output or remove the file")
+    return {_record_key(r): r for r in previous["records"]}
 
 
 def add_gap_closed(records: list[dict]) -> None:

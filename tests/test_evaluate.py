@@ -7,6 +7,7 @@ import os
 import pytest
 
 import gatekv_jax as gk
+import gatekv_jax.evaluate as evaluate_module
 from gatekv_jax.evaluate import TASKS, add_gap_closed, evaluate, token_f1
 from gatekv_jax.models.tiny import TINY_MODEL
 from gatekv_jax.policy import SCORERS
@@ -52,6 +53,27 @@ def test_every_task_and_scorer_end_to_end(tmp_path):
             assert 0.0 <= record["accuracy"] <= 1.0
     for task in TASKS:
         assert os.path.isfile(tmp_path / "out" / f"{task}.png")
+
+
+def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monkeypatch):
+    config = eval_config(tmp_path)
+    config.update(dict(tasks="recall,needle", scorers="full,gate,streaming", ratios="0.5"))
+    first = evaluate(config)
+    assert first["header"]["complete"] and first["header"]["resumed_records"] == 0
+    path = tmp_path / "out" / "results.json"
+    interrupted = json.loads(path.read_text())
+    interrupted["records"] = [r for r in interrupted["records"] if (r["task"], r["scorer"]) != ("needle", "gate")]
+    path.write_text(json.dumps(interrupted))
+    calls = []
+    original = evaluate_module._score_task
+    monkeypatch.setattr(evaluate_module, "_score_task", lambda task, *a: calls.append((task, a[3].scorer))
+                        or original(task, *a))
+    resumed = evaluate(config)
+    assert calls == [("needle", "full"), ("needle", "gate")]  # full is the reference, then the missing record
+    assert resumed["records"] == first["records"] and resumed["header"]["resumed_records"] == 5
+    config.sink = 8
+    with pytest.raises(ValueError, match=r"another config \(fields \['sink'\] differ\)"):
+        evaluate(config)
 
 
 def test_token_f1():
