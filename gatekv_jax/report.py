@@ -1,7 +1,7 @@
 """`python -m gatekv_jax.report results.json [...]`: markdown tables of evaluation results.
 
 One table per (context length, level, task, metric): rows are scorers, columns retention ratios;
-the records of several files with the same context length and level share tables (e.g. runs of
+the records of several files with the same context length and level (and token pooling) share tables (e.g. runs of
 different ratios). This is how the README's result tables are made from `gatekv_jax.evaluate`.
 """
 
@@ -22,9 +22,15 @@ TABLES = (
 FULL_VALUE = {"delta_nll": "nll", "nll": "nll", "accuracy": "accuracy"}
 
 
+def _level_name(level: str, config: dict) -> str:
+    """The level as tables name it: "token" carries its pooling (runs before `token_pool` had none)."""
+    return f"{level} (pool {config.get('token_pool', 1)})" if level == "token" else level
+
+
 def markdown_tables(*results: dict) -> str:
     """The tables of one or more results dicts (as written to results.json)."""
-    records = [{**r, "context_length": res["header"]["config"].get("context_length")}
+    records = [{**r, "context_length": res["header"]["config"].get("context_length"),
+                "level": _level_name(r["level"], res["header"]["config"])}
                for res in results for r in res["records"]]
     groups = dict.fromkeys((r["context_length"], r["level"]) for r in records)
     out = []

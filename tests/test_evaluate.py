@@ -112,3 +112,9 @@ def test_markdown_tables_put_scorers_in_rows_and_ratios_in_columns():
     table = "| scorer | 0.3 | 0.5 |\n| --- | --- | --- |\n| gate | 1.250 | 1.000 |\n| streaming | 2.000 | 1.500 |"
     assert table in text
     assert "| gate | 50% | 50% |" in text and "| streaming | 0% | 0% |" in text
+    pooled = [{**r, "level": "token"} for r in records]
+    unpooled = [{**r, "level": "token", "ratio": 0.1} for r in records if r["scorer"] != "full"]
+    text = markdown_tables({"header": {"config": {"context_length": 2000, "token_pool": 3}}, "records": pooled},
+                           {"header": {"config": {"context_length": 2000}}, "records": unpooled})
+    assert "(2000 tokens, token (pool 3) level, 2 samples)" in text  # runs of different pooling never share a table
+    assert "(2000 tokens, token (pool 1) level, 2 samples)" in text and "| gate | 1.250 | 1.000 |" in text
