@@ -8,9 +8,8 @@ How the `keep` budget is spread (the policy's `level`):
 - "global": one threshold per row over all gated heads (per-head counts vary, capped);
 - "token": every gated layer and head keeps the same `keep` tokens, ranked by each token's best
   rank quantile over the gated (layer, head)s, so a token that matters anywhere is kept everywhere;
-  with `token_pool` > 1 a token also takes the best quantile of the cached tokens within
-  `token_pool // 2` positions of it, so the glue of a kept phrase (the space before a number, the
-  word before a name) stays with it.
+  with `token_pool` > 1 a token also takes the best quantile of its neighbouring slots, so the
+  glue of a kept phrase (the space before a number, the word before a name) stays with it.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ _NO_POSITION = jnp.iinfo(jnp.int32).max
 
 class Allocation(NamedTuple):
     """How gated layers spread their budget (static under jit): the `level` ("head", "global" or
-    "token"), the per-head cap of "global", and the pooling width (odd, in positions) of "token"."""
+    "token"), the per-head cap of "global", and the neighbourhood (odd, in slots) of "token"."""
 
     level: str = "head"
     head_cap: int | None = None
@@ -87,26 +86,20 @@ def _rank_quantiles(priority: jax.Array) -> jax.Array:
     return jnp.where(finite, (rank - below) / scored, priority)
 
 
-def _token_priority(priority_by_layer: list[jax.Array], positions: jax.Array, pool: int = 1) -> jax.Array:
+def _token_priority(priority_by_layer: list[jax.Array], pool: int = 1) -> jax.Array:
     """One priority [B, 1, S] for every gated layer and head: the best rank quantile of each slot,
-    max-pooled over the tokens within `pool // 2` positions of it that are still cached (slots
-    hold `positions` [B, 1, S] in order; scored slots only: protected slots stay +inf and lend
-    nothing, empty slots stay -inf).
+    max-pooled over `pool` neighbouring slots (scored slots only: protected slots stay +inf and
+    lend nothing to their neighbours, empty slots stay -inf).
 
     Needs gated layers whose slots hold the same positions in the same order, which holds for
     caches that were only ever evicted at this level (each eviction leaves identical layouts)."""
     quantiles = jnp.concatenate([_rank_quantiles(p) for p in priority_by_layer], axis=1)  # [B, L*K, S]
     best = quantiles.max(axis=1, keepdims=True)  # [B, 1, S]
-    radius, slots = pool // 2, best.shape[-1]
+    if pool == 1:
+        return best
     scored = jnp.isfinite(best)
-    lendable = jnp.pad(jnp.where(scored, best, -jnp.inf), ((0, 0), (0, 0), (radius, radius)),
-                       constant_values=-jnp.inf)
-    padded_positions = jnp.pad(positions, ((0, 0), (0, 0), (radius, radius)), constant_values=-1)
-    pooled = best
-    for shift in range(2 * radius + 1):  # slots are in position order: near positions are near slots
-        neighbour = lendable[..., shift:shift + slots]
-        near = jnp.abs(padded_positions[..., shift:shift + slots] - positions) <= radius
-        pooled = jnp.maximum(pooled, jnp.where(near, neighbour, -jnp.inf))
+    pooled = jax.lax.reduce_window(jnp.where(scored, best, -jnp.inf), -jnp.inf, jax.lax.max,
+                                   (1, 1, pool), (1, 1, 1), "SAME")  # [B, 1, S]
     return jnp.where(scored, pooled, best)
 
 
@@ -120,7 +113,7 @@ def evict(cache: KVCache, config: ModelConfig, keep: jax.Array, protect_before: 
     gated = [i for i in range(config.num_layers) if evict_gated and not config.is_sliding(i)]
     gated_priority = [priorities(cache.layers[i], protect_before, recent) for i in gated]
     if level == "token" and gated:
-        shared = _token_priority(gated_priority, cache.layers[gated[0]].positions[:, :1], allocation.token_pool)
+        shared = _token_priority(gated_priority, allocation.token_pool)
         gated_priority = [jnp.broadcast_to(shared, p.shape) for p in gated_priority]
     if level == "global" and gated:
         gated_keep = _global_keep(gated_priority, keep, allocation.head_cap)

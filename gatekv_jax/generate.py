@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sink", type=int, default=4)
     p.add_argument("--chunk_size", type=int, default=512)
     p.add_argument("--level", default="head", choices=LEVELS)
-    p.add_argument("--token_pool", type=int, default=3, help="pooling width (odd, positions) at --level=token")
+    p.add_argument("--token_pool", type=int, default=3, help="neighbouring slots pooled at --level=token (odd)")
     p.add_argument("--decode_budget", type=int)
     p.add_argument("--gates", help="gates file (safetensors) for --scorer=gate (default: the packaged gates)")
     p.add_argument("--max_new_tokens", type=int, default=64)

@@ -28,9 +28,9 @@ class EvictionPolicy:
         against one threshold (per-head counts vary, each capped by `global_head_cap` x budget);
         "token" keeps the same tokens in every gated layer and head, ranked by each token's best
         rank quantile over them (decoding-time eviction is per head at every level).
-    token_pool: at level "token", each token also takes the best quantile of the cached tokens
-        within `token_pool // 2` positions of it (odd width), so a kept phrase keeps its glue
-        tokens (the space before a number); 1 = no pooling.
+    token_pool: at level "token", each token also takes the best quantile of the `token_pool`
+        (odd) neighbouring slots around it, so a kept phrase keeps its glue tokens (the space
+        before a number); 1 = no pooling.
     decode_budget: slots per head kept while decoding (None = no eviction while decoding); when a
         block of `decode_block` new slots is full, the cache is evicted back to the budget,
         keeping the last `decode_recent` tokens and the first `sink` tokens.

@@ -74,7 +74,7 @@ def test_global_threshold_literal():
 def test_token_level_priority_literal():
     a = jnp.array([[[np.inf, 0.9, 0.8, 0.1, 0.5, -np.inf]]])  # layer 1: ranks 3, 2, 0, 1 of 4 scored
     b = jnp.array([[[np.inf, 0.1, 0.2, 0.9, 0.3, -np.inf]]])  # layer 2: ranks 0, 1, 3, 2
-    shared = _token_priority([a, b], jnp.array([[[0, 1, 2, 3, 4, -1]]]))
+    shared = _token_priority([a, b])
     np.testing.assert_allclose(shared[0, 0], [np.inf, 0.75, 0.5, 0.75, 0.5, -np.inf])
     layer = literal_layer()
     layer = layer.replace(positions=layer.positions[:, :, :6], scores=layer.scores[:, :, :6], keys=layer.keys[:, :, :6],
@@ -83,19 +83,18 @@ def test_token_level_priority_literal():
     np.testing.assert_array_equal(kept.positions[0, 0], [0, 1, 3, -1, -1, -1])  # ties keep the older slot first
 
 
-def test_token_pool_lends_to_cached_neighbours_only_literal():
+def test_token_pool_lends_neighbours_their_best_quantile_literal():
     a = jnp.array([[[np.inf, 0.1, 0.2, 0.9, 0.3, 0.4, 0.0, -np.inf]]])  # quantiles 1, 2, 5, 3, 4, 0 (/6)
-    positions = jnp.array([[[0, 1, 2, 3, 10, 11, 12, -1]]], jnp.int32)  # positions 4-9 already evicted
-    np.testing.assert_allclose(_token_priority([a], positions)[0, 0],
-                               [np.inf, 1 / 6, 2 / 6, 5 / 6, 3 / 6, 4 / 6, 0, -np.inf])
-    pooled = _token_priority([a], positions, pool=3)[0, 0]  # the +inf sink lends nothing, nor does 3 to 10
-    np.testing.assert_allclose(pooled, [np.inf, 2 / 6, 5 / 6, 5 / 6, 4 / 6, 4 / 6, 4 / 6, -np.inf])
+    np.testing.assert_allclose(_token_priority([a])[0, 0], [np.inf, 1 / 6, 2 / 6, 5 / 6, 3 / 6, 4 / 6, 0, -np.inf])
+    pooled = _token_priority([a], pool=3)[0, 0]  # the +inf sink lends nothing, the empty slot stays empty
+    np.testing.assert_allclose(pooled, [np.inf, 2 / 6, 5 / 6, 5 / 6, 5 / 6, 4 / 6, 4 / 6, -np.inf])
+    positions = jnp.array([[[0, 1, 2, 3, 4, 5, 6, -1]]], jnp.int32)
     layer = LayerCache(keys=jnp.zeros((1, 1, 8, 2)), values=jnp.zeros((1, 1, 8, 2)), positions=positions,
                        scores=a, lengths=jnp.array([[7]], jnp.int32))
-    plain = evict_layer(layer, _token_priority([a], positions), keep=jnp.array([[4]]))
-    np.testing.assert_array_equal(plain.positions[0, 0, :4], [0, 3, 10, 11])
+    plain = evict_layer(layer, _token_priority([a]), keep=jnp.array([[4]]))
+    np.testing.assert_array_equal(plain.positions[0, 0, :4], [0, 3, 4, 5])
     kept = evict_layer(layer, pooled[None, None], keep=jnp.array([[4]]))
-    np.testing.assert_array_equal(kept.positions[0, 0, :4], [0, 2, 3, 10])  # the best token and its neighbour
+    np.testing.assert_array_equal(kept.positions[0, 0, :4], [0, 2, 3, 4])  # the best token and both neighbours
 
 
 def test_attention_over_evicted_cache_equals_reference_over_kept_set():
