@@ -237,6 +237,7 @@ def evaluate(config) -> dict:
                   "timings": {**timings, "total_seconds": round(time.time() - started, 1)},
                   "resumed_records": sum(key in previous for key in map(_record_key, records)),
                   "complete": complete, "config": config.to_dict()}
+        add_gap_closed(records)
         results = {"header": header, "records": records}
         write_json(path, results)
         return results
@@ -270,7 +271,6 @@ def evaluate(config) -> dict:
                 print(_row(record), flush=True)
                 save(complete=False)
         timings[f"{task}_seconds"] = round(time.time() - task_start, 1)
-    add_gap_closed(records)
     results = save(complete=True)
     for task in tasks:
         plot_task(records, task, os.path.join(config.output, f"{task}.png"))
