@@ -224,8 +224,9 @@ def evaluate(config) -> dict:
         gates = pretrained_gates(config.model) if config.gates == "packaged" else load_gates(config.gates)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix if config.chat_prefix else ()
     path = os.path.join(config.output, "results.json")
-    previous = _previous_records(config, path)
-    records, timings = [], {}
+    previous, timings = _previous_run(config, path)  # timings carry over: seconds spent in every run so far
+    earlier_seconds = timings.pop("total_seconds", 0.0)
+    records = []
 
     def save(complete: bool) -> dict:
         import flax
@@ -234,7 +235,7 @@ def evaluate(config) -> dict:
         header = {"model": config.model, "gates": config.gates if "gate" in scorers else None,
                   "versions": {"jax": jax.__version__, "flax": flax.__version__,
                                "transformers": transformers.__version__},
-                  "timings": {**timings, "total_seconds": round(time.time() - started, 1)},
+                  "timings": {**timings, "total_seconds": round(earlier_seconds + time.time() - started, 1)},
                   "resumed_records": sum(key in previous for key in map(_record_key, records)),
                   "complete": complete, "config": config.to_dict()}
         add_gap_closed(records)
@@ -243,7 +244,8 @@ def evaluate(config) -> dict:
         return results
 
     for task in tasks:
-        task_start = time.time()
+        task_start, task_key = time.time(), f"{task}_seconds"
+        task_earlier = timings.get(task_key, 0.0)
         todo = [(scorer, ratio) for scorer in scorers for ratio in ratios if (task, scorer, ratio) not in previous]
         if not todo:
             records += [previous[task, scorer, ratio] for scorer in scorers for ratio in ratios]
@@ -269,8 +271,8 @@ def evaluate(config) -> dict:
                     record["delta_nll"] = metrics["nll"] - full_metrics["nll"]
                 records.append(record)
                 print(_row(record), flush=True)
+                timings[task_key] = round(task_earlier + time.time() - task_start, 1)
                 save(complete=False)
-        timings[f"{task}_seconds"] = round(time.time() - task_start, 1)
     results = save(complete=True)
     for task in tasks:
         plot_task(records, task, os.path.join(config.output, f"{task}.png"))
@@ -282,11 +284,11 @@ def _record_key(record: dict) -> tuple:
     return record["task"], record["scorer"], record["ratio"]
 
 
-def _previous_records(config, path: str) -> dict[tuple, dict]:
-    """Records already in `path` from a run of the same config (an interrupted or finished run
-    resumes where it stopped); a file written by a different config is refused, never mixed in."""
+def _previous_run(config, path: str) -> tuple[dict[tuple, dict], dict[str, float]]:
+    """Records and timings already in `path` from a run of the same config (an interrupted or
+    finished run resumes where it stopped); a file written by a different config is refused."""
     if not os.path.isfile(path):
-        return {}
+        return {}, {}
     with open(path) as f:
         previous = json.load(f)
     old, new = previous["header"]["config"], json.loads(json.dumps(config.to_dict()))
@@ -294,7 +296,7 @@ def _previous_records(config, path: str) -> dict[tuple, dict]:
     if changed:
         raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
                          f"pass a new --config.output or remove the file")
-    return {_record_key(r): r for r in previous["records"]}
+    return {_record_key(r): r for r in previous["records"]}, dict(previous["header"]["timings"])
 
 
 def add_gap_closed(records: list[dict]) -> None:

@@ -63,6 +63,7 @@ def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monk
     path = tmp_path / "out" / "results.json"
     interrupted = json.loads(path.read_text())
     interrupted["records"] = [r for r in interrupted["records"] if (r["task"], r["scorer"]) != ("needle", "gate")]
+    interrupted["header"]["timings"].update(needle_seconds=100.0, total_seconds=1000.0)  # time spent before the stop
     path.write_text(json.dumps(interrupted))
     calls = []
     original = evaluate_module._score_task
@@ -71,6 +72,9 @@ def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monk
     resumed = evaluate(config)
     assert calls == [("needle", "full"), ("needle", "gate")]  # full is the reference, then the missing record
     assert resumed["records"] == first["records"] and resumed["header"]["resumed_records"] == 5
+    before, after = first["header"]["timings"], resumed["header"]["timings"]
+    assert after["recall_seconds"] == before["recall_seconds"]  # not rerun: its time carries over
+    assert after["needle_seconds"] >= 100.0 and after["total_seconds"] >= 1000.0  # this run's time is added
     config.sink = 8
     with pytest.raises(ValueError, match=r"another config \(fields \['sink'\] differ\)"):
         evaluate(config)
