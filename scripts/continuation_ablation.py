@@ -6,8 +6,10 @@ For each held-out continuation sample (the ones `python -m gatekv_jax.evaluate` 
 context is prefilled once per scorer with nothing evicted (ratio 1.0, so the cache holds every
 token with its gate / h2o score), then compressed by ONE engine eviction (`gatekv_jax.eviction.evict`,
 chat prefix and 2% recent window protected) and the continuation's NLL is measured. Unlike the
-engine's chunked prefill, nothing is evicted before the context ends. Also prints the tokens that
-h2o keeps and the gate (token level) drops at the first ratio. Writes `ablation.json`.
+engine's chunked prefill, nothing is evicted before the context ends. Keep sets: gate / h2o at
+`head` and `token` level, streaming, and a split budget (the gate's top 75% / 50% of the budget,
+the rest by h2o). Also prints the tokens that h2o keeps and the gate (token level) drops at the
+first ratio. Writes `ablation.json`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {"gate token": ("gate", Allocation("token", None, 3)), "gate head": ("gate", Allocation("head")),
             "h2o head": ("h2o", Allocation("head")), "h2o token": ("h2o", Allocation("token", None, 3)),
             "streaming": ("streaming", Allocation("head"))}
+
+
+SPLIT_SHARES = (0.25, 0.5)
+
+
+def split_budget(gated, accumulated, config, keep, protect, recent, share: float):
+    """Keep the gate's (token level, pooled) top `1 - share` of the budget, then fill the rest by
+    h2o's accumulated attention; both contexts are full prefills of the same tokens (same slots)."""
+    own = np.array([max(1, round((1 - share) * int(keep[0])))], np.int32)
+    chosen = evict(gated.cache, config, own, protect, recent, Allocation("token", None, 3))
+    kept = chosen.layers[config.global_layers[0]].positions[0, 0]
+    layers = list(accumulated.cache.layers)
+    for i in config.global_layers:
+        first = jnp.isin(layers[i].positions, kept) & (layers[i].positions >= 0)
+        layers[i] = layers[i].replace(scores=jnp.where(first, jnp.inf, layers[i].scores))
+    cache = evict(accumulated.cache.replace(layers=tuple(layers)), config, keep, protect, recent, Allocation("head"))
+    return accumulated.replace(cache=cache)
 
 
 def eval_config(samples: int, context_length: int):
@@ -84,6 +103,11 @@ def main() -> None:
                 print(f"{ratio:g} {name:12s} {nlls[f'{ratio:g} {name}'][-1]:.3f}", flush=True)
                 layer = model.config.global_layers[0]
                 kept[name] = set(np.asarray(context.cache.layers[layer].positions[0, 0]).tolist()) - {-1}
+            for share in SPLIT_SHARES:
+                name = f"gate + h2o {share:.0%}"
+                context = split_budget(full["gate"], full["h2o"], model.config, keep, protect, recent, share)
+                nlls[f"{ratio:g} {name}"].append(nll(context))
+                print(f"{ratio:g} {name:12s} {nlls[f'{ratio:g} {name}'][-1]:.3f}", flush=True)
             if ratio == ratios[0]:
                 dropped_by_gate.update(tokenizer.decode([tokens[p]]) for p in kept["h2o head"] - kept["gate token"])
     table = {name: float(np.mean(values)) for name, values in nlls.items()}
