@@ -39,6 +39,7 @@ from gatekv_jax.models.loading import Model, load_model, load_tokenizer
 from gatekv_jax.policy import SCORERS, EvictionPolicy
 
 TASKS = ("continuation", "recall", "needle", "qa")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "eval.py")
 TASK_METRIC = {"continuation": "delta_nll", "recall": "nll", "needle": "accuracy", "qa": "f1"}
 
 
@@ -59,6 +60,19 @@ def kept_fraction(context: CompressedContext, model: Model) -> float:
     kept = sum(int(context.cache.layers[i].lengths.sum()) for i in layers)
     full = int(np.asarray(context.seen).sum()) * model.config.num_kv_heads * len(layers)
     return kept / full
+
+
+def load_config(path: str = DEFAULT_CONFIG, **overrides):
+    """The evaluation config of the file `path` (an ml_collections `get_config()`; default
+    configs/eval.py) with `overrides` applied, as `--config.<field>=...` would."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.update(overrides)
+    return config
 
 
 def _policy(config, scorer: str, ratio: float) -> EvictionPolicy:
@@ -351,7 +365,5 @@ if __name__ == "__main__":
     from absl import app
     from ml_collections import config_flags
 
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "eval.py"),
-        "evaluation config (configs/eval.py)")
+    _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "evaluation config (configs/eval.py)")
     app.run(main)

@@ -22,7 +22,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.evaluate import continuation_samples
+from gatekv_jax.evaluate import continuation_samples, load_config
 from gatekv_jax.eviction import Allocation, evict
 from gatekv_jax.files import write_json
 from gatekv_jax.gate import pretrained_gates
@@ -54,17 +54,6 @@ def split_budget(gated, accumulated, config, keep, protect, recent, share: float
     return accumulated.replace(cache=cache)
 
 
-def eval_config(samples: int, context_length: int):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("eval_config", os.path.join(ROOT, "configs", "eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.n_samples, config.context_length = samples, context_length
-    return config
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=3)
@@ -72,7 +61,7 @@ def main() -> None:
     parser.add_argument("--ratios", default="0.3,0.5,0.7")
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "results", "continuation_ablation"))
     args = parser.parse_args()
-    config = eval_config(args.samples, args.context_length)
+    config = load_config(n_samples=args.samples, context_length=args.context_length)
     model, tokenizer = load_model(config.model), load_tokenizer(config.model)
     gates = pretrained_gates(config.model)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix

@@ -25,7 +25,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.evaluate import recall_samples
+from gatekv_jax.evaluate import load_config, recall_samples
 from gatekv_jax.files import write_json
 from gatekv_jax.gate import gate_scores, pretrained_gates
 from gatekv_jax.inference import continuation_log_probs, prefill
@@ -34,17 +34,6 @@ from gatekv_jax.models.loading import load_model, load_tokenizer
 from gatekv_jax.policy import EvictionPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def eval_config(samples: int):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("eval_config", os.path.join(ROOT, "configs", "eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.n_samples = samples
-    return config
 
 
 def fact_line_mask(tokens: list[int], tokenizer) -> np.ndarray:
@@ -68,7 +57,7 @@ def main() -> None:
     parser.add_argument("--probe_ratio", type=float, default=0.3)
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "results", "recall_ablation"))
     args = parser.parse_args()
-    config = eval_config(args.samples)
+    config = load_config(n_samples=args.samples)
     model, tokenizer = load_model(config.model), load_tokenizer(config.model)
     gates = pretrained_gates(config.model)
     prompts = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type)

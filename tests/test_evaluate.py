@@ -1,6 +1,5 @@
 """The evaluation end to end on the tiny model: every task and scorer, the JSON schema, full = reference."""
 
-import importlib.util
 import json
 import os
 
@@ -8,19 +7,14 @@ import pytest
 
 import gatekv_jax as gk
 import gatekv_jax.evaluate as evaluate_module
-from gatekv_jax.evaluate import TASKS, add_gap_closed, evaluate, token_f1
+from gatekv_jax.evaluate import TASKS, add_gap_closed, evaluate, load_config, token_f1
 from gatekv_jax.models.tiny import TINY_MODEL
 from gatekv_jax.policy import SCORERS
 from gatekv_jax.report import markdown_tables
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def eval_config(tmp_path):
-    spec = importlib.util.spec_from_file_location("eval_config", os.path.join(ROOT, "configs", "eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config()
     gates = str(tmp_path / "gates.safetensors")
     gk.save_gates(gk.init_gates(gk.load_model(TINY_MODEL).config), gates)
     config.update(dict(model=TINY_MODEL, gates=gates, ratios="0.5,1.0", context_length=96, continuation_length=16,
