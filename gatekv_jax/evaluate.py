@@ -260,8 +260,7 @@ def evaluate(config) -> dict:
     for task in tasks:
         task_start, task_key = time.time(), f"{task}_seconds"
         task_earlier = timings.get(task_key, 0.0)
-        todo = [(scorer, ratio) for scorer in scorers for ratio in ratios if (task, scorer, ratio) not in previous]
-        if not todo:
+        if all((task, scorer, ratio) in previous for scorer in scorers for ratio in ratios):
             records += [previous[task, scorer, ratio] for scorer in scorers for ratio in ratios]
             continue
         samples = SAMPLE_BUILDERS[task](config, tokenizer)

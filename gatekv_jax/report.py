@@ -1,8 +1,8 @@
 """`python -m gatekv_jax.report results.json [...]`: markdown tables of evaluation results.
 
 One table per (context length, level, task, metric): rows are scorers, columns retention ratios;
-the records of several files with the same context length and level (and token pooling) share tables (e.g. runs of
-different ratios). This is how the README's result tables are made from `gatekv_jax.evaluate`.
+the records of several files with the same context length and level (token pooling included)
+share tables, e.g. runs of different ratios. This is how the README's result tables are made.
 """
 
 from __future__ import annotations

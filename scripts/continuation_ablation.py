@@ -32,19 +32,14 @@ from gatekv_jax.models.loading import load_model, load_tokenizer
 from gatekv_jax.policy import EvictionPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = {"gate token": ("gate", Allocation("token", None, 3)), "gate head": ("gate", Allocation("head")),
-            "h2o head": ("h2o", Allocation("head")), "h2o token": ("h2o", Allocation("token", None, 3)),
-            "streaming": ("streaming", Allocation("head"))}
+SPLIT_SHARES = (0.25, 0.5)  # shares of the budget filled by h2o after the gate's top picks
 
 
-SPLIT_SHARES = (0.25, 0.5)
-
-
-def split_budget(gated, accumulated, config, keep, protect, recent, share: float):
-    """Keep the gate's (token level, pooled) top `1 - share` of the budget, then fill the rest by
-    h2o's accumulated attention; both contexts are full prefills of the same tokens (same slots)."""
+def split_budget(gated, accumulated, config, keep, protect, recent, share: float, token: Allocation):
+    """Keep the gate's top `1 - share` of the budget (at the `token` allocation), then fill the rest
+    by h2o's accumulated attention; both contexts are full prefills of the same tokens (same slots)."""
     own = np.array([max(1, round((1 - share) * int(keep[0])))], np.int32)
-    chosen = evict(gated.cache, config, own, protect, recent, Allocation("token", None, 3))
+    chosen = evict(gated.cache, config, own, protect, recent, token)
     kept = chosen.layers[config.global_layers[0]].positions[0, 0]
     layers = list(accumulated.cache.layers)
     for i in config.global_layers:
@@ -66,6 +61,10 @@ def main() -> None:
     gates = pretrained_gates(config.model)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix
     ratios = [float(r) for r in args.ratios.split(",")]
+    token = Allocation("token", None, config.token_pool)  # the eval config's pooling
+    variants = {"gate token": ("gate", token), "gate head": ("gate", Allocation("head")),
+                "h2o head": ("h2o", Allocation("head")), "h2o token": ("h2o", token),
+                "streaming": ("streaming", Allocation("head"))}
     nlls: dict[str, list[float]] = collections.defaultdict(list)
     dropped_by_gate: collections.Counter = collections.Counter()
     for sample in continuation_samples(config, tokenizer):
@@ -85,7 +84,7 @@ def main() -> None:
         for ratio in ratios:
             keep = np.array([math.ceil(ratio * n)], np.int32)
             kept = {}
-            for name, (scorer, allocation) in VARIANTS.items():
+            for name, (scorer, allocation) in variants.items():
                 context = full[scorer]
                 context = context.replace(cache=evict(context.cache, model.config, keep, protect, recent, allocation))
                 nlls[f"{ratio:g} {name}"].append(nll(context))
@@ -94,7 +93,7 @@ def main() -> None:
                 kept[name] = set(np.asarray(context.cache.layers[layer].positions[0, 0]).tolist()) - {-1}
             for share in SPLIT_SHARES:
                 name = f"gate + h2o {share:.0%}"
-                context = split_budget(full["gate"], full["h2o"], model.config, keep, protect, recent, share)
+                context = split_budget(full["gate"], full["h2o"], model.config, keep, protect, recent, share, token)
                 nlls[f"{ratio:g} {name}"].append(nll(context))
                 print(f"{ratio:g} {name:12s} {nlls[f'{ratio:g} {name}'][-1]:.3f}", flush=True)
             if ratio == ratios[0]:
