@@ -179,14 +179,16 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], policy: EvictionPolicy, gates,
-                reference: dict, prefix: tuple[int, ...]) -> dict[str, float]:
-    """Metrics of one (task, policy); `reference` holds full's outputs per sample (filled when full runs).
+                reference: dict, prefix: tuple[int, ...], teacher_memo: dict) -> dict[str, float]:
+    """Metrics of one (task, policy); `reference` holds full's outputs per sample (filled when full runs),
+    `teacher_memo` the kvzip oracle's teacher per context (filled when kvzip first runs).
     Each context is preceded by `prefix` (the chat template's start), which is never evicted."""
     gates = gates if policy.scorer == "gate" else None
     metrics: dict[str, list[float]] = {}
     fractions = []
     for index, sample in enumerate(samples):
-        context = prefill(model, [list(prefix) + sample.context.tolist()], policy, gates, prefix_length=len(prefix))
+        context = prefill(model, [list(prefix) + sample.context.tolist()], policy, gates, prefix_length=len(prefix),
+                          teacher_memo=teacher_memo)
         fractions.append(kept_fraction(context, model))
         if task in ("continuation", "recall"):
             log_probs = continuation_log_probs(model, [sample.continuation.tolist()], policy, context, gates)[0]
@@ -267,8 +269,9 @@ def evaluate(config) -> dict:
         if not samples:
             raise ValueError(f"no held-out samples for task {task!r}")
         reference: dict = {}
+        teacher_memo: dict = {}
         full_metrics = _score_task(task, model, tokenizer, samples, _policy(config, "full", 1.0), gates, reference,
-                                   prefix)
+                                   prefix, teacher_memo)
         for scorer in scorers:
             for ratio in ratios:
                 if (task, scorer, ratio) in previous:
@@ -276,7 +279,7 @@ def evaluate(config) -> dict:
                     continue
                 policy = _policy(config, scorer, ratio)
                 metrics = full_metrics if policy.scorer == "full" else \
-                    _score_task(task, model, tokenizer, samples, policy, gates, reference, prefix)
+                    _score_task(task, model, tokenizer, samples, policy, gates, reference, prefix, teacher_memo)
                 record = {"task": task, "scorer": scorer, "ratio": ratio, "level": config.level,
                           "n_samples": len(samples), **metrics}
                 if task in ("continuation", "recall"):

@@ -245,19 +245,22 @@ def _check_gates_for(model: Model, policy: EvictionPolicy, gates: dict | None) -
 
 
 def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, gates: dict | None = None,
-            prefix_length: int = 0, repeat_prompts: RepeatPrompts | None = None) -> CompressedContext:
+            prefix_length: int = 0, repeat_prompts: RepeatPrompts | None = None,
+            teacher_memo: dict | None = None) -> CompressedContext:
     """Chunked prefill of a context under `policy`; returns the compressed cache.
 
     After every chunk, each gated head keeps `policy.keep_count(tokens seen)` slots; the first
     `max(sink, prefix_length)` tokens and the protected recent window are never evicted. The
     `kvzip` oracle needs the teacher's prompts: `repeat_prompts`, or the model's own tokenizer.
+    `teacher_memo`: a dict the caller keeps (one per model) so the `kvzip` oracle computes its full
+    prefill and teacher scores once per context, however many ratios or budgets evict them.
     """
     gates = _check_gates_for(model, policy, gates)
     tokens, lengths = as_batch(context_tokens, model.config.vocab_size)
     if prefix_length < 0:
         raise ValueError(f"prefix_length must be >= 0, got {prefix_length}")
     if policy.scorer == "kvzip":
-        return _kvzip_prefill(model, tokens, lengths, policy, prefix_length, repeat_prompts)
+        return _kvzip_prefill(model, tokens, lengths, policy, prefix_length, repeat_prompts, teacher_memo)
     config, chunk = model.config, policy.chunk_size
     bucket = _context_bucket(policy, int(lengths.max()))
     capacities = _prefill_capacities(config, policy, bucket)
@@ -466,8 +469,9 @@ def _evict_once(config: ModelConfig, allocation: Allocation):
 
 
 def _kvzip_prefill(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy: EvictionPolicy,
-                   prefix_length: int, prompts: RepeatPrompts | None) -> CompressedContext:
-    """The KVzip oracle: full prefill, teacher scores on the gated slots, one eviction per row."""
+                   prefix_length: int, prompts: RepeatPrompts | None, memo: dict | None) -> CompressedContext:
+    """The KVzip oracle: full prefill, teacher scores on the gated slots, one eviction per row.
+    `memo` (if given) keeps each row's full prefill and teacher scores for the next policy."""
     from gatekv_jax.models.loading import load_tokenizer
 
     config = model.config
@@ -479,12 +483,19 @@ def _kvzip_prefill(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
     full = dataclasses.replace(policy, scorer="full", ratio=None, budget=None, max_context=bucket)
     evict_once = _evict_once(config, _allocation(config, policy, bucket))
     rows = []
+    p = prefix_length
     for row, n in zip(tokens, lengths):
-        context = prefill(model, row[None, :n], full)
-        # A protected prefix in the row is the teacher's prefix; otherwise the chat prefix is prepended.
-        p = prefix_length
-        row_prompts = dataclasses.replace(prompts, prefix=tuple(int(t) for t in row[:p])) if p else prompts
-        scores, _ = teacher_scores(model, row[None, p:n], row_prompts)  # [1, Lg, K, n - p]
+        key = (id(model), full, p, prompts, row[:n].tobytes())
+        if memo is not None and key in memo:
+            context, scores = memo[key]
+            context = jax.tree.map(jnp.copy, context)  # later steps may donate the cache's buffers
+        else:
+            context = prefill(model, row[None, :n], full)
+            # A protected prefix in the row is the teacher's prefix; otherwise the chat prefix is prepended.
+            row_prompts = dataclasses.replace(prompts, prefix=tuple(int(t) for t in row[:p])) if p else prompts
+            scores, _ = teacher_scores(model, row[None, p:n], row_prompts)  # [1, Lg, K, n - p]
+            if memo is not None:
+                memo[key] = (jax.tree.map(jnp.copy, context), scores)
         layers = list(context.cache.layers)
         for g, i in enumerate(config.global_layers):
             slot_scores = layers[i].scores.at[:, :, p:n].set(jnp.asarray(scores[:, g]))

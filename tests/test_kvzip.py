@@ -1,5 +1,6 @@
 """KVzip teacher scores against maxima of transformers' own softmax attention weights."""
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -94,3 +95,25 @@ def test_repeat_prompts_from_the_packaged_tokenizer():
     assert prompts.assistant == (106, 107, 105, 4368, 107)  # <end_of_turn>\n<start_of_turn>model\n
     with pytest.raises(ValueError, match="no KVzip chat template for model_type 'llama'"):
         RepeatPrompts.from_tokenizer(None, "llama")
+
+
+def test_kvzip_oracle_memo_computes_the_teacher_once_per_context(tiny_gemma3_dir, monkeypatch):
+    """With a teacher memo, several ratios on one context run the teacher once and evict exactly as
+    without it, even after a continuation has consumed an earlier result's cache."""
+    from gatekv_jax import inference
+
+    model = gk.load_model(tiny_gemma3_dir)
+    row = np.random.RandomState(2).randint(40, 97, (1, 30)).astype(np.int32)
+    calls = []
+    original = inference.teacher_scores
+    monkeypatch.setattr(inference, "teacher_scores", lambda *a, **k: calls.append(1) or original(*a, **k))
+    memo = {}
+    for ratio in (0.4, 0.7, 0.4):
+        policy = gk.EvictionPolicy(scorer="kvzip", ratio=ratio, sink=2, window=3, chunk_size=8)
+        memoised = gk.prefill(model, row, policy, repeat_prompts=PROMPTS, teacher_memo=memo)
+        fresh = gk.prefill(model, row, policy, repeat_prompts=PROMPTS)
+        for a, b in zip(jax.tree.leaves(memoised), jax.tree.leaves(fresh)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        gk.continuation_log_probs(model, [[50, 51, 52]], policy, memoised)
+    assert len(calls) == 3 + 1  # every fresh prefill, and the memo's first
+    assert len(memo) == 1
