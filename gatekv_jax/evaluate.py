@@ -179,10 +179,11 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], policy: EvictionPolicy, gates,
-                reference: dict, prefix: tuple[int, ...], teacher_memo: dict) -> dict[str, float]:
-    """Metrics of one (task, policy); `reference` holds full's outputs per sample (filled when full runs),
-    `teacher_memo` the kvzip oracle's teacher per context (filled when kvzip first runs).
-    Each context is preceded by `prefix` (the chat template's start), which is never evicted."""
+                reference: dict, prefix: tuple[int, ...], teacher_memo: dict) -> dict:
+    """Mean metrics of one (task, policy), and their values per sample under `per_sample`.
+    `reference` holds full's outputs per sample (filled when full runs), `teacher_memo` the kvzip
+    oracle's teacher per context (filled when kvzip first runs). Each context is preceded by
+    `prefix` (the chat template's start), which is never evicted."""
     gates = gates if policy.scorer == "gate" else None
     metrics: dict[str, list[float]] = {}
     fractions = []
@@ -217,8 +218,9 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
                     reference[index] = answer
                 metrics.setdefault("exact_match", []).append(float(answer == reference[index]))
                 metrics.setdefault("f1", []).append(token_f1(answer, reference[index]))
-    result = {name: float(np.mean(values)) for name, values in metrics.items()}
+    result: dict = {name: float(np.mean(values)) for name, values in metrics.items()}
     result["kv_fraction"] = float(np.mean(fractions))
+    result["per_sample"] = metrics
     return result
 
 
@@ -285,6 +287,8 @@ def evaluate(config) -> dict:
                 if task in ("continuation", "recall"):
                     record["nll_full"] = full_metrics["nll"]
                     record["delta_nll"] = metrics["nll"] - full_metrics["nll"]
+                    record["per_sample"] = {**metrics["per_sample"], "delta_nll": [
+                        a - b for a, b in zip(metrics["per_sample"]["nll"], full_metrics["per_sample"]["nll"])]}
                 records.append(record)
                 print(_row(record), flush=True)
                 timings[task_key] = round(task_earlier + time.time() - task_start, 1)

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 import gatekv_jax as gk
@@ -45,6 +46,8 @@ def test_every_task_and_scorer_end_to_end(tmp_path):
             assert {"nll", "nll_full", "delta_nll", "kl", "top1_agreement"} <= set(record)
         if record["task"] == "needle":
             assert 0.0 <= record["accuracy"] <= 1.0
+        for metric, values in record["per_sample"].items():  # the mean of each metric over the samples
+            assert len(values) == record["n_samples"] and np.mean(values) == pytest.approx(record[metric])
     for task in TASKS:
         assert os.path.isfile(tmp_path / "out" / f"{task}.png")
 
