@@ -7,7 +7,8 @@ of the continuation's 8-grams that already occur in the context (1 = the continu
 context), the NLL increase over `full` of `gate` and `h2o` per continuation token, the share of
 the gate's increase carried by its `top` worst tokens, and for each of those tokens how many of
 its copies in the context each scorer keeps (first gated layer, first KV head; at level "token"
-every gated head keeps the same tokens). Writes `losses.json`.
+every gated head keeps the same tokens); and of the continuation's distinct tokens that occur 1-10
+times in the context, how many keep at least one copy under each scorer. Writes `losses.json`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gatekv_jax.models.loading import load_model, load_tokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCORERS = ("full", "gate", "h2o")
 NGRAM = 8
+RARE = 10  # "rare" continuation tokens occur at most this often in the context
 
 
 def copied_share(context: list[int], continuation: list[int], n: int = NGRAM) -> float:
@@ -74,16 +76,20 @@ def main() -> None:
                            "copies_in_context": len(copies),
                            "copies_kept_gate": sum(p in kept["gate"] for p in copies),
                            "copies_kept_h2o": sum(p in kept["h2o"] for p in copies)})
+        rare = [t for t in set(continuation) if 1 <= context.count(t) <= RARE]
+        with_copy = {s: sum(any(context[p] == t for p in kept[s] if p < len(context)) for t in rare)
+                     for s in ("gate", "h2o")}
         entry = {"copied_8grams": copied_share(context, continuation), "nll_full": float(nll["full"].mean()),
                  "increase_gate": float(increase["gate"].mean()), "increase_h2o": float(increase["h2o"].mean()),
                  "top_share_gate": float(increase["gate"][worst].sum() / increase["gate"].sum()),
-                 "worst_tokens": tokens}
+                 "rare_tokens": len(rare), "rare_tokens_with_a_kept_copy": with_copy, "worst_tokens": tokens}
         report["samples"].append(entry)
         print(f"sample {len(report['samples']) - 1}: copied 8-grams {entry['copied_8grams']:.2f}, full "
-              f"{entry['nll_full']:.3f}, gate +{entry['increase_gate']:.3f} (top {args.top} tokens "
-              f"{entry['top_share_gate']:.0%}), h2o +{entry['increase_h2o']:.3f}", flush=True)
+              f"{entry['nll_full']:.3f}, gate {entry['increase_gate']:+.3f} (top {args.top} tokens "
+              f"{entry['top_share_gate']:.0%}), h2o {entry['increase_h2o']:+.3f}; rare tokens with a kept copy: gate "
+              f"{with_copy['gate']}, h2o {with_copy['h2o']} of {len(rare)}", flush=True)
         for t in tokens[:6]:
-            print(f"  {t['text']!r}: gate +{t['increase_gate']:.2f}, h2o {t['increase_h2o']:+.2f}; copies "
+            print(f"  {t['text']!r}: gate {t['increase_gate']:+.2f}, h2o {t['increase_h2o']:+.2f}; copies "
                   f"{t['copies_in_context']}, kept by gate {t['copies_kept_gate']}, h2o {t['copies_kept_h2o']}")
     write_json(os.path.join(args.output, "losses.json"), report)
 
