@@ -169,6 +169,14 @@ SAMPLE_BUILDERS = {"continuation": continuation_samples, "recall": recall_sample
                    "qa": qa_samples}
 
 
+def copied_share(context: np.ndarray, continuation: np.ndarray, n: int = 8) -> float:
+    """Share of the continuation's n-grams that occur in the context (1 = it copies the context)."""
+    context, continuation = np.asarray(context).tolist(), np.asarray(continuation).tolist()
+    grams = {tuple(context[i:i + n]) for i in range(len(context) - n + 1)}
+    ends = range(len(continuation) - n + 1)
+    return float(np.mean([tuple(continuation[i:i + n]) in grams for i in ends])) if len(ends) else 0.0
+
+
 def token_f1(prediction: str, reference: str) -> float:
     got, want = prediction.split(), reference.split()
     common = sum(min(got.count(w), want.count(w)) for w in set(got))
@@ -198,6 +206,7 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
             scored = np.asarray(sample.scored)
             metrics.setdefault("nll", []).append(float(np.asarray(nll)[scored].mean()))
             if task == "continuation":
+                metrics.setdefault("copied_8grams", []).append(copied_share(sample.context, sample.continuation))
                 if policy.scorer == "full":
                     reference[index] = log_probs
                 full = reference[index]

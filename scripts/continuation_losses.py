@@ -19,7 +19,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.evaluate import _policy, continuation_samples, load_config
+from gatekv_jax.evaluate import _policy, continuation_samples, copied_share, load_config
 from gatekv_jax.files import write_json
 from gatekv_jax.gate import pretrained_gates
 from gatekv_jax.inference import continuation_log_probs, prefill
@@ -28,15 +28,7 @@ from gatekv_jax.models.loading import load_model, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCORERS = ("full", "gate", "h2o")
-NGRAM = 8
 RARE = 10  # "rare" continuation tokens occur at most this often in the context
-
-
-def copied_share(context: list[int], continuation: list[int], n: int = NGRAM) -> float:
-    """Share of the continuation's n-grams that occur in the context."""
-    grams = {tuple(context[i:i + n]) for i in range(len(context) - n + 1)}
-    ends = range(len(continuation) - n + 1)
-    return float(np.mean([tuple(continuation[i:i + n]) in grams for i in ends])) if len(ends) else 0.0
 
 
 def main() -> None:

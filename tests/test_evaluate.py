@@ -8,7 +8,7 @@ import pytest
 
 import gatekv_jax as gk
 import gatekv_jax.evaluate as evaluate_module
-from gatekv_jax.evaluate import TASKS, add_gap_closed, evaluate, load_config, token_f1
+from gatekv_jax.evaluate import TASKS, add_gap_closed, copied_share, evaluate, load_config, token_f1
 from gatekv_jax.models.tiny import TINY_MODEL
 from gatekv_jax.policy import SCORERS
 from gatekv_jax.report import markdown_tables
@@ -44,6 +44,7 @@ def test_every_task_and_scorer_end_to_end(tmp_path):
             assert 0.4 < record["kv_fraction"] < 0.7
         if record["task"] == "continuation":
             assert {"nll", "nll_full", "delta_nll", "kl", "top1_agreement"} <= set(record)
+            assert 0.0 <= record["copied_8grams"] <= 1.0
         if record["task"] == "needle":
             assert 0.0 <= record["accuracy"] <= 1.0
         for metric, values in record["per_sample"].items():  # the mean of each metric over the samples
@@ -119,3 +120,11 @@ def test_markdown_tables_put_scorers_in_rows_and_ratios_in_columns():
                            {"header": {"config": {"context_length": 2000}}, "records": unpooled})
     assert "(2000 tokens, token (pool 3) level, 2 samples)" in text  # runs of different pooling never share a table
     assert "(2000 tokens, token (pool 1) level, 2 samples)" in text and "| gate | 1.250 | 1.000 |" in text
+
+
+def test_copied_share_counts_the_continuation_8grams_found_in_the_context():
+    context = np.arange(20)
+    assert copied_share(context, np.arange(5, 15)) == 1.0  # its 3 8-grams all occur in the context
+    assert copied_share(context, np.arange(100, 110)) == 0.0
+    assert copied_share(context, np.array([0, 1, 2, 3, 4, 5, 6, 7, 99, 98])) == pytest.approx(1 / 3)
+    assert copied_share(context, np.arange(5)) == 0.0  # shorter than one 8-gram
