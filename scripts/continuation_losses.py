@@ -69,7 +69,7 @@ def main() -> None:
                            "copies_kept_gate": sum(p in kept["gate"] for p in copies),
                            "copies_kept_h2o": sum(p in kept["h2o"] for p in copies)})
         rare = [t for t in set(continuation) if 1 <= context.count(t) <= RARE]
-        with_copy = {s: sum(any(context[p] == t for p in kept[s] if p < len(context)) for t in rare)
+        with_copy = {s: sum(any(context[p] == t for p in kept[s]) for t in rare)
                      for s in ("gate", "h2o")}
         entry = {"copied_8grams": copied_share(context, continuation), "nll_full": float(nll["full"].mean()),
                  "increase_gate": float(increase["gate"].mean()), "increase_h2o": float(increase["h2o"].mean()),

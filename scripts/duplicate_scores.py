@@ -6,7 +6,7 @@ A held-out context of `length` tokens gets a `passage`-token piece of another he
 written over it at `first` ("once"); a copy of the context also gets the same piece at `second`
 ("twice"). For both, the teacher's scores and the packaged gates' scores of the tokens at `first`
 and at `second` are reported as their mean and their mean rank quantile among the context's
-tokens per gated layer (1 = best). The gate is causal (it sees a token's hidden state only), so
+tokens per gated layer (higher = kept first). The gate is causal (it sees a token's hidden state only), so
 its score of the first copy cannot depend on a later copy; the teacher's can. Writes `scores.json`.
 """
 
