@@ -1,6 +1,6 @@
-"""Fast KVzip gates for Gemma 3 12B (8 global of 48 layers, 8 KV heads, G=2) on fineweb-edu (TPU / GPU; the paper's scale)."""
+"""Fast KVzip gates for Gemma 3 12B (8 global of 48 layers, 8 KV heads, G=2) on fineweb-edu (TPU/GPU, paper scale)."""
 
-from gatekv_jax.train_configs import paper_scale
+from gatekv_jax.training.configs import paper_scale
 
 
 def get_config():

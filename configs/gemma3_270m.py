@@ -1,6 +1,6 @@
 """Train Fast KVzip gates for the packaged Gemma 3 270M on the offline stdlib corpus (CPU, ~8 min)."""
 
-from gatekv_jax.train_configs import training_config
+from gatekv_jax.training.configs import training_config
 
 
 def get_config():

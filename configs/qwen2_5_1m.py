@@ -1,6 +1,6 @@
-"""Fast KVzip gates for Qwen2.5-7B-Instruct-1M (28 layers, 4 KV heads, G=7) on fineweb-edu (TPU / GPU; the paper's scale)."""
+"""Fast KVzip gates for Qwen2.5-7B-Instruct-1M (28 layers, 4 KV heads, G=7) on fineweb-edu (TPU/GPU, paper scale)."""
 
-from gatekv_jax.train_configs import paper_scale
+from gatekv_jax.training.configs import paper_scale
 
 
 def get_config():

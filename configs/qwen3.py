@@ -1,6 +1,6 @@
 """Fast KVzip gates for Qwen3-8B (36 layers, 8 KV heads, G=4) on fineweb-edu (TPU / GPU; the paper's scale)."""
 
-from gatekv_jax.train_configs import paper_scale
+from gatekv_jax.training.configs import paper_scale
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """A tiny random Qwen3 model built from a config (no download): the trainer's CI smoke run."""
 
-from gatekv_jax.train_configs import training_config
+from gatekv_jax.training.configs import training_config
 
 
 def get_config():

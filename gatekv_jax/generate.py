@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gatekv_jax.gate import PRETRAINED, load_gates, pretrained_gates
-from gatekv_jax.inference import generate, prefill
+from gatekv_jax.engine.decode import generate
+from gatekv_jax.engine.prefill import prefill
+from gatekv_jax.kv.gate_files import PRETRAINED, load_gates, pretrained_gates
+from gatekv_jax.kv.policy import LEVELS, SCORERS, EvictionPolicy
 from gatekv_jax.models.loading import load_model, load_tokenizer
-from gatekv_jax.policy import LEVELS, SCORERS, EvictionPolicy
+
+DEFAULTS = EvictionPolicy(scorer="full")  # the library's field defaults are the CLI's
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,10 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float)
     p.add_argument("--budget", type=int)
     p.add_argument("--window", type=int)
-    p.add_argument("--sink", type=int, default=4)
-    p.add_argument("--chunk_size", type=int, default=512)
-    p.add_argument("--level", default="head", choices=LEVELS)
-    p.add_argument("--token_pool", type=int, default=3, help="neighbouring slots pooled at --level=token (odd)")
+    p.add_argument("--sink", type=int, default=DEFAULTS.sink)
+    p.add_argument("--chunk_size", type=int, default=DEFAULTS.chunk_size)
+    p.add_argument("--level", default=DEFAULTS.level, choices=LEVELS,
+                   help=f"how the budget is spread over gated layers and heads (default {DEFAULTS.level})")
+    p.add_argument("--token_pool", type=int, default=DEFAULTS.token_pool,
+                   help="neighbouring slots pooled at --level=token (odd)")
     p.add_argument("--decode_budget", type=int)
     p.add_argument("--gates", help="gates file (safetensors) for --scorer=gate (default: the packaged gates)")
     p.add_argument("--max_new_tokens", type=int, default=64)
@@ -44,11 +49,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the generate CLI on `argv` (default: the command line); returns the exit code."""
     args = _parser().parse_args(argv)
     if (args.prompt is None) == (args.prompt_file is None):
         raise SystemExit("error: give exactly one of --prompt and --prompt_file")
     prompt = args.prompt if args.prompt is not None else open(args.prompt_file).read()
-    ratio = args.ratio if args.scorer == "full" or args.budget is not None else (args.ratio or 0.3)
+    ratio = args.ratio if args.scorer == "full" or args.budget is not None or args.ratio is not None else 0.3
     policy = EvictionPolicy(scorer=args.scorer, ratio=None if args.scorer == "full" else ratio,
                             budget=None if args.scorer == "full" else args.budget, window=args.window,
                             sink=args.sink, chunk_size=args.chunk_size, level=args.level,
@@ -66,16 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     prompt_ids = tokenizer(prompt).input_ids
     if args.context_file:
         context_ids = tokenizer(open(args.context_file).read()).input_ids
-        context = prefill(model, [context_ids], policy, gates)
-        report = context.memory_report()
-        out = generate(model, [tokenizer(prompt, add_special_tokens=False).input_ids], policy, gates,
-                       max_new_tokens=args.max_new_tokens, cache=context, temperature=args.temperature,
-                       top_p=args.top_p, seed=args.seed)
+        context = prefill(model, [context_ids], policy, gates=gates)
+        prompt_ids = [tokenizer(prompt, add_special_tokens=False).input_ids]
     else:
-        context = prefill(model, [prompt_ids], policy, gates)
-        report = context.memory_report()
-        out = generate(model, None, policy, gates, max_new_tokens=args.max_new_tokens, cache=context,
-                       temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        context = prefill(model, [prompt_ids], policy, gates=gates)
+        prompt_ids = None
+    report = context.memory_report()
+    out = generate(model, prompt_ids, policy, gates=gates, context=context, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     print(tokenizer.decode(out[0]))
     mib = 1024 * 1024
     print(f"\n[KV after prefill] kept {report['kept_slots']} of {report['full_slots']} slots "

@@ -1,134 +1,35 @@
 """`python -m gatekv_jax.train --config=configs/<name>.py`: train Fast KVzip gates for a frozen model.
 
-Phases (each resumable): 1. KVzip teacher features for held-out and training contexts (forward
-only; `features/` shards + manifest); 2. gate fitting (orbax checkpoints in `checkpoints/`);
-3. outputs in the workdir: `gates.safetensors`, `history.json`, `training.png`, `summary.json`.
-Without --config the packaged Gemma 3 270M is trained offline (configs/gemma3_270m.py).
-Any field can be overridden: --config.fit.steps=500 --config.workdir=/tmp/run.
+Without --config the packaged Gemma 3 270M is trained offline (configs/gemma3_270m.py). Any field
+can be overridden: --config.fit.steps=500 --config.workdir=/tmp/run. The pipeline is
+`gatekv_jax.training.pipeline.train_gates`; every phase resumes when rerun in the same workdir.
 """
 
 from __future__ import annotations
 
 import os
-import time
+import sys
 
-import jax
+from gatekv_jax.training.configs import parse_config_flags
+from gatekv_jax.training.pipeline import train_gates
 
-from gatekv_jax import data
-from gatekv_jax.features import collect_features
-from gatekv_jax.files import save_figure, write_json
-from gatekv_jax.fit import FitSettings, fit_gates
-from gatekv_jax.gate import init_gates, save_gates
-from gatekv_jax.kvzip import RepeatPrompts
-from gatekv_jax.models.loading import load_model, load_tokenizer
-from gatekv_jax.sharding import make_mesh
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                              "gemma3_270m.py")
+DEFAULT_CONFIG = "gemma3_270m"
 
 
-def _progress(total: int, description: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="ctx" if "features" in description else "step",
-                disable=jax.process_index() != 0)
-
-
-def plot_history(history: list[dict], layers: tuple[int, ...], path: str) -> None:
-    """Held-out loss and accuracy per gated layer against the step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in history]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for g, layer in enumerate(layers):
-        loss_axis.plot(steps, [r["heldout_loss"][g] for r in history], label=f"layer {layer}")
-        accuracy_axis.plot(steps, [r["heldout_accuracy"][g] for r in history], label=f"layer {layer}")
-    loss_axis.set(xlabel="step", ylabel="held-out BCE (sum over heads)", title="gate loss")
-    accuracy_axis.set(xlabel="step", ylabel="held-out accuracy (score >= 0.05)", title="gate accuracy")
-    loss_axis.legend()
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
-def train(config) -> dict:
-    """Run every phase for an ml_collections config; returns the summary (also in summary.json)."""
-    workdir = config.workdir
-    os.makedirs(workdir, exist_ok=True)
-    times = {}
-    start = time.time()
-    mesh = make_mesh(**config.mesh.to_dict())
-    model = load_model(config.model, dtype=config.dtype, mesh=mesh)
-    tokenizer = load_tokenizer(config.model)
-    prompts = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type)
-    times["load_seconds"] = time.time() - start
-
-    start = time.time()
-    settings = {"model": config.model, "dtype": config.dtype, "context_length": config.context_length,
-                "teacher_chunk": config.teacher_chunk, "tokens_per_context": config.tokens_per_context,
-                "data": config.data.to_dict(), "seed": config.seed}
-    features = os.path.join(workdir, "features")
-    for split, count in (("heldout", config.heldout_contexts), ("train", config.train_contexts)):
-        docs = data.documents(config.data.source, config.data.paths)
-        contexts = data.token_contexts(docs, tokenizer, config.context_length, config.data.heldout_fraction, split,
-                                       config.data.max_document_tokens)
-        with _progress(count, f"features ({split})") as bar:
-            manifest = collect_features(model, prompts, contexts, features, split, settings,
-                                        batch_size=config.batch_size, max_contexts=count,
-                                        tokens_per_context=config.tokens_per_context, seed=config.seed,
-                                        teacher_chunk=config.teacher_chunk, progress=bar)
-    times["features_seconds"] = time.time() - start
-    tokens = {split: sum(s["tokens"] for s in manifest["shards"].values() if s["split"] == split)
-              for split in ("train", "heldout")}
-    documents = {split: sorted({d for s in manifest["shards"].values() if s["split"] == split
-                                for context in s["documents"] for d in context}) for split in ("train", "heldout")}
-    if set(documents["train"]) & set(documents["heldout"]):
-        raise RuntimeError("a document is in both the train and held-out features")
-
-    start = time.time()
-    fit_settings = FitSettings(**config.fit.to_dict())
-    layers = model.config.global_layers
-    with _progress(fit_settings.steps, "fit") as bar:
-        bar.update(0)
-        gates, history = fit_gates(init_gates(model.config, seed=config.seed), layers, features, workdir,
-                                   fit_settings, on_step=lambda step: bar.update(step - bar.n))
-    times["fit_seconds"] = time.time() - start
-
-    save_gates(gates, os.path.join(workdir, "gates.safetensors"))
-    plot_history(history, layers, os.path.join(workdir, "training.png"))
-    first, last = history[0], history[-1]
-    summary = {
-        "model": config.model, "gated_layers": list(layers), "tokens": tokens,
-        "documents": {split: len(d) for split, d in documents.items()},
-        "heldout_loss": {"untrained": first["heldout_loss"], "trained": last["heldout_loss"]},
-        "heldout_accuracy": {"untrained": first["heldout_accuracy"], "trained": last["heldout_accuracy"]},
-        "steps": last["step"], **{k: round(v, 1) for k, v in times.items()},
-        "config": config.to_dict(),
-    }
-    write_json(os.path.join(workdir, "summary.json"), summary)
-    return summary
-
-
-def main(argv) -> None:
-    from absl import app, logging
+def main(argv: list[str] | None = None) -> int:
+    """Run the training CLI on `argv` (default: the command line); returns the exit code."""
+    from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    summary = train(_CONFIG.value)
+    summary = train_gates(parse_config_flags(argv, DEFAULT_CONFIG, "python -m gatekv_jax.train"))
     loss, accuracy = summary["heldout_loss"], summary["heldout_accuracy"]
     print(f"gates: {os.path.join(summary['config']['workdir'], 'gates.safetensors')}")
     for g, layer in enumerate(summary["gated_layers"]):
         print(f"layer {layer}: held-out loss {loss['untrained'][g]:.4f} -> {loss['trained'][g]:.4f}, "
               f"accuracy {accuracy['untrained'][g]:.3f} -> {accuracy['trained'][g]:.3f}")
     print({k: v for k, v in summary.items() if k.endswith("seconds")})
+    return 0
 
 
 if __name__ == "__main__":
-    from absl import app
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "training config (configs/*.py)")
-    app.run(main)
+    sys.exit(main())

@@ -22,14 +22,12 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.evaluate import continuation_samples, load_config
-from gatekv_jax.eviction import Allocation, evict
-from gatekv_jax.files import write_json
-from gatekv_jax.gate import pretrained_gates
-from gatekv_jax.inference import continuation_log_probs, prefill
-from gatekv_jax.kvzip import RepeatPrompts
-from gatekv_jax.models.loading import load_model, load_tokenizer
-from gatekv_jax.policy import EvictionPolicy
+from gatekv_jax.engine import RepeatPrompts, continuation_log_probs, prefill
+from gatekv_jax.evaluation import continuation_samples, load_config
+from gatekv_jax.kv import PER_HEAD as HEAD
+from gatekv_jax.kv import Allocation, EvictionPolicy, evict, pretrained_gates
+from gatekv_jax.models import load_model, load_tokenizer
+from gatekv_jax.utils.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT_SHARES = (0.25, 0.5)  # shares of the budget filled by h2o after the gate's top picks
@@ -40,12 +38,12 @@ def split_budget(gated, accumulated, config, keep, protect, recent, share: float
     by h2o's accumulated attention; both contexts are full prefills of the same tokens (same slots)."""
     own = np.array([max(1, round((1 - share) * int(keep[0])))], np.int32)
     chosen = evict(gated.cache, config, own, protect, recent, token)
-    kept = chosen.layers[config.global_layers[0]].positions[0, 0]
+    kept = chosen.layers[config.full_attention_layers[0]].positions[0, 0]
     layers = list(accumulated.cache.layers)
-    for i in config.global_layers:
+    for i in config.full_attention_layers:
         first = jnp.isin(layers[i].positions, kept) & (layers[i].positions >= 0)
         layers[i] = layers[i].replace(scores=jnp.where(first, jnp.inf, layers[i].scores))
-    cache = evict(accumulated.cache.replace(layers=tuple(layers)), config, keep, protect, recent, Allocation("head"))
+    cache = evict(accumulated.cache.replace(layers=tuple(layers)), config, keep, protect, recent, HEAD)
     return accumulated.replace(cache=cache)
 
 
@@ -62,21 +60,21 @@ def main() -> None:
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix
     ratios = [float(r) for r in args.ratios.split(",")]
     token = Allocation("token", None, config.token_pool)  # the eval config's pooling
-    variants = {"gate token": ("gate", token), "gate head": ("gate", Allocation("head")),
-                "h2o head": ("h2o", Allocation("head")), "h2o token": ("h2o", token),
-                "streaming": ("streaming", Allocation("head"))}
+    variants = {"gate token": ("gate", token), "gate head": ("gate", HEAD),
+                "h2o head": ("h2o", HEAD), "h2o token": ("h2o", token),
+                "streaming": ("streaming", HEAD)}
     nlls: dict[str, list[float]] = collections.defaultdict(list)
     dropped_by_gate: collections.Counter = collections.Counter()
     for sample in continuation_samples(config, tokenizer):
         tokens = list(prefix) + sample.context.tolist()
         n = len(tokens)
         full = {scorer: prefill(model, [tokens], EvictionPolicy(scorer=scorer, ratio=1.0),
-                                gates if scorer == "gate" else None, prefix_length=len(prefix))
+                                gates=gates if scorer == "gate" else None, prefix_length=len(prefix))
                 for scorer in ("gate", "h2o", "streaming")}
 
         def nll(context) -> float:
-            log_probs = continuation_log_probs(model, [sample.continuation.tolist()], EvictionPolicy(scorer="full"),
-                                               context)[0]
+            log_probs = continuation_log_probs(model, None, [sample.continuation.tolist()],
+                                               EvictionPolicy(scorer="full"), context=context)[0]
             return float(-jnp.take_along_axis(log_probs, jnp.asarray(sample.continuation)[:, None], axis=1).mean())
 
         nlls["full"].append(nll(full["gate"]))
@@ -89,7 +87,7 @@ def main() -> None:
                 context = context.replace(cache=evict(context.cache, model.config, keep, protect, recent, allocation))
                 nlls[f"{ratio:g} {name}"].append(nll(context))
                 print(f"{ratio:g} {name:12s} {nlls[f'{ratio:g} {name}'][-1]:.3f}", flush=True)
-                layer = model.config.global_layers[0]
+                layer = model.config.full_attention_layers[0]
                 kept[name] = set(np.asarray(context.cache.layers[layer].positions[0, 0]).tolist()) - {-1}
             for share in SPLIT_SHARES:
                 name = f"gate + h2o {share:.0%}"

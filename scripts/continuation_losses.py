@@ -19,12 +19,11 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.evaluate import _policy, continuation_samples, copied_share, load_config
-from gatekv_jax.files import write_json
-from gatekv_jax.gate import pretrained_gates
-from gatekv_jax.inference import continuation_log_probs, prefill
-from gatekv_jax.kvzip import RepeatPrompts
-from gatekv_jax.models.loading import load_model, load_tokenizer
+from gatekv_jax.engine import RepeatPrompts, continuation_log_probs, prefill
+from gatekv_jax.evaluation import continuation_samples, copied_share, load_config, policy_for
+from gatekv_jax.kv import pretrained_gates
+from gatekv_jax.models import load_model, load_tokenizer
+from gatekv_jax.utils.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCORERS = ("full", "gate", "h2o")
@@ -43,17 +42,18 @@ def main() -> None:
     model, tokenizer = load_model(config.model), load_tokenizer(config.model)
     gates = pretrained_gates(config.model)
     prefix = list(RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix)
-    layer_index = model.config.global_layers[0]
+    layer_index = model.config.full_attention_layers[0]
     report = {"context_length": args.context_length, "ratio": args.ratio, "level": config.level,
               "token_pool": config.token_pool, "samples": []}
     for sample in continuation_samples(config, tokenizer):
         context, continuation = sample.context.tolist(), sample.continuation.tolist()
         nll, kept = {}, {}
         for scorer in SCORERS:
-            policy = _policy(config, scorer, 1.0 if scorer == "full" else args.ratio)
+            policy = policy_for(config, scorer, 1.0 if scorer == "full" else args.ratio)
             scorer_gates = gates if scorer == "gate" else None
-            compressed = prefill(model, [prefix + context], policy, scorer_gates, prefix_length=len(prefix))
-            log_probs = continuation_log_probs(model, [continuation], policy, compressed, scorer_gates)[0]
+            compressed = prefill(model, [prefix + context], policy, gates=scorer_gates, prefix_length=len(prefix))
+            log_probs = continuation_log_probs(model, None, [continuation], policy, gates=scorer_gates,
+                                               context=compressed)[0]
             nll[scorer] = -np.asarray(jnp.take_along_axis(log_probs, jnp.asarray(continuation)[:, None], axis=1)[:, 0])
             positions = np.asarray(compressed.cache.layers[layer_index].positions[0, 0])
             kept[scorer] = set((positions[positions >= len(prefix)] - len(prefix)).tolist())

@@ -17,11 +17,11 @@ import os
 
 import numpy as np
 
-from gatekv_jax.evaluate import continuation_samples, load_config
-from gatekv_jax.files import write_json
-from gatekv_jax.gate import gate_scores, pretrained_gates
-from gatekv_jax.kvzip import RepeatPrompts, teacher_scores
-from gatekv_jax.models.loading import load_model, load_tokenizer
+from gatekv_jax.engine import RepeatPrompts, teacher_scores
+from gatekv_jax.evaluation import continuation_samples, load_config
+from gatekv_jax.kv import gate_scores, pretrained_gates
+from gatekv_jax.models import load_model, load_tokenizer
+from gatekv_jax.utils.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,11 +52,11 @@ def main() -> None:
     once[args.first:args.first + args.passage] = passage
     twice = once.copy()
     twice[args.second:args.second + args.passage] = passage
-    report = {"settings": vars(args), "layers": list(model.config.global_layers), "contexts": {}}
+    report = {"settings": vars(args), "layers": list(model.config.full_attention_layers), "contexts": {}}
     for name, context in (("once", once), ("twice", twice)):
         teacher, inputs = teacher_scores(model, context[None], prompts)  # [1, Lg, K, n], [1, Lg, n, D]
         gate = np.stack([np.asarray(gate_scores(gates[f"layer_{layer}"], inputs[:, g]))[0].T
-                         for g, layer in enumerate(model.config.global_layers)])  # [Lg, K, n]
+                         for g, layer in enumerate(model.config.full_attention_layers)])  # [Lg, K, n]
         entry = {}
         for scorer, scores in (("teacher", teacher[0]), ("gate", gate)):
             quantiles = rank_quantiles(scores)

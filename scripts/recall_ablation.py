@@ -25,13 +25,11 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.evaluate import load_config, recall_samples
-from gatekv_jax.files import write_json
-from gatekv_jax.gate import gate_scores, pretrained_gates
-from gatekv_jax.inference import continuation_log_probs, prefill
-from gatekv_jax.kvzip import RepeatPrompts, teacher_scores
-from gatekv_jax.models.loading import load_model, load_tokenizer
-from gatekv_jax.policy import EvictionPolicy
+from gatekv_jax.engine import RepeatPrompts, continuation_log_probs, prefill, teacher_scores
+from gatekv_jax.evaluation import load_config, recall_samples
+from gatekv_jax.kv import EvictionPolicy, gate_scores, pretrained_gates
+from gatekv_jax.models import load_model, load_tokenizer
+from gatekv_jax.utils.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +59,7 @@ def main() -> None:
     model, tokenizer = load_model(config.model), load_tokenizer(config.model)
     gates = pretrained_gates(config.model)
     prompts = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type)
-    layers, prefix_length = model.config.global_layers, len(prompts.prefix)
+    layers, prefix_length = model.config.full_attention_layers, len(prompts.prefix)
     full = EvictionPolicy(scorer="full")
     nlls: dict[str, list[float]] = {}
     for sample in recall_samples(config, tokenizer):
@@ -94,7 +92,7 @@ def main() -> None:
                 cache_layers[i] = cache_layers[i].replace(
                     positions=jnp.where(jnp.isin(positions, jnp.asarray(kept)), positions, -1))
             context = base.replace(cache=base.cache.replace(layers=tuple(cache_layers)))
-            log_probs = continuation_log_probs(model, [sample.continuation.tolist()], full, context)[0]
+            log_probs = continuation_log_probs(model, None, [sample.continuation.tolist()], full, context=context)[0]
             nll = -jnp.take_along_axis(log_probs, jnp.asarray(sample.continuation)[:, None], axis=1)[:, 0]
             return float(np.asarray(nll)[sample.scored].mean())
 

@@ -147,7 +147,7 @@ class ModelConfig:
         return self.rope_full
 
     @property
-    def global_layers(self) -> tuple[int, ...]:
+    def full_attention_layers(self) -> tuple[int, ...]:
         """Full-attention layers: the ones Fast KVzip gates."""
         return tuple(i for i in range(self.num_layers) if not self.is_sliding(i))
 

@@ -55,9 +55,13 @@ class RMSNorm(nn.Module):
         init_value = 1.0 - self.weight_offset
         init = nn.with_logical_partitioning(nn.initializers.constant(init_value), (self.axis_name,))
         weight = self.param("weight", init, (x.shape[-1],), self.dtype)
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        normed = rms_normalize(x.astype(jnp.float32), self.eps)
         return (normed * (self.weight_offset + weight.astype(jnp.float32))).astype(x.dtype)
+
+
+def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
+    """`x / rms(x)` over the last axis (no scale); callers pass float32."""
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, rope: RopeConfig) -> jax.Array:

@@ -1,0 +1,12 @@
+"""Running a loaded model under an eviction policy: forward, prefill, append, decode, teacher, oracle."""
+
+from gatekv_jax.engine.decode import generate
+from gatekv_jax.engine.forward import apply_model, forward
+from gatekv_jax.engine.oracle import TeacherMemo
+from gatekv_jax.engine.prefill import prefill
+from gatekv_jax.engine.sampling import Sampling
+from gatekv_jax.engine.scoring import continuation_log_probs, continuation_nll
+from gatekv_jax.engine.teacher import RepeatPrompts, teacher_scores
+
+__all__ = ["RepeatPrompts", "Sampling", "TeacherMemo", "apply_model", "continuation_log_probs", "continuation_nll",
+           "forward", "generate", "prefill", "teacher_scores"]

@@ -1,0 +1,121 @@
+"""Chunked writes into a cache: the jitted chunk step, compressed prefill, appends without eviction.
+
+Tokens go through the model `policy.chunk_size` at a time (the last chunk padded). After each
+chunk of a prefill, every gated head is evicted back to the policy's keep count; an append grows
+the gated layers instead and never evicts them (sliding layers always keep their window).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gatekv_jax.engine import plan
+from gatekv_jax.engine.inputs import chunk_layout, round_up
+from gatekv_jax.kv.cache import CompressedContext, KVCache, grow_cache, init_cache, shrink_cache
+from gatekv_jax.kv.eviction import PER_HEAD, Allocation, evict
+from gatekv_jax.kv.policy import EvictionPolicy
+from gatekv_jax.kv.scorers import ScorerSpec
+from gatekv_jax.models.config import ModelConfig
+from gatekv_jax.models.decoder import Decoder
+from gatekv_jax.models.loading import Model
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",),
+                   static_argnames=("config", "dtype", "spec", "allocation", "evict_gated", "outputs"))
+def chunk_step(params: dict, gates: dict | None, cache: KVCache, tokens: jax.Array, positions: jax.Array,
+               targets: jax.Array, previous_logits: jax.Array, keep: jax.Array, protect_before: jax.Array,
+               recent: jax.Array, *, config: ModelConfig, dtype: Any, spec: ScorerSpec, allocation: Allocation,
+               evict_gated: bool, outputs: str) -> tuple[KVCache, jax.Array, Any]:
+    """One chunk appended, then eviction (sliding layers back to their window; gated layers to
+    `keep` [B] when `evict_gated`): `(cache, last_logits [B, V], extra)`. `outputs` picks extra:
+    "none", "nll" (NLL of `targets` [B, C], -1 = none) or "log_probs" (next-token log-probabilities
+    [B, C, V])."""
+    module = Decoder(config, dtype=dtype, scorer=spec)
+    variables = {"params": params}
+    hidden, cache = module.apply(variables, tokens, positions, cache, gates, method=Decoder.hidden_states)
+    last = jnp.argmax(positions, axis=1)  # [B] index of the newest real token
+    picked = jnp.take_along_axis(hidden, last[:, None, None], axis=1)  # [B, 1, D]
+    logits = module.apply(variables, picked, method=Decoder.logits)[:, 0]  # [B, V]
+    has_token = (positions >= 0).any(axis=1)
+    last_logits = jnp.where(has_token[:, None], logits, previous_logits)
+    extra = None
+    if outputs != "none":
+        log_probs = jax.nn.log_softmax(module.apply(variables, hidden, method=Decoder.logits), axis=-1)
+        if outputs == "log_probs":
+            extra = log_probs  # [B, C, V]
+        else:
+            picked_lp = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+            extra = jnp.where(targets >= 0, -picked_lp, jnp.nan)  # [B, C]
+    cache = evict(cache, config, keep, protect_before, recent, allocation, evict_gated=evict_gated)
+    return cache, last_logits, extra
+
+
+def prefill_chunks(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy: EvictionPolicy,
+                   gates: dict | None, prefix_length: int) -> CompressedContext:
+    """Chunked prefill of right-padded contexts [B, T] under `policy` (any scorer but the oracle)."""
+    config, chunk = model.config, policy.chunk_size
+    bucket = plan.context_bucket(policy, int(lengths.max()))
+    cache = init_cache(config, tokens.shape[0], plan.prefill_capacities(config, policy, bucket), model.dtype)
+    static = dict(config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy),
+                  allocation=plan.allocation(config, policy, bucket), evict_gated=policy.evicts, outputs="none")
+    batch = tokens.shape[0]
+    last_logits = jnp.zeros((batch, config.vocab_size), jnp.float32)
+    protect_before = np.full(batch, max(policy.sink, prefix_length), np.int32)
+    recent = np.array([policy.protected_window(int(n)) for n in lengths], np.int32)
+    no_targets = np.full((batch, chunk), -1, np.int32)
+    padded, positions = chunk_layout(tokens, lengths, chunk)
+    for c in range(padded.shape[1] // chunk):
+        piece = slice(c * chunk, (c + 1) * chunk)
+        seen = np.minimum(lengths, (c + 1) * chunk)
+        keep = np.array([policy.keep_count(int(s)) for s in seen], np.int32)
+        cache, last_logits, _ = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
+                                          positions[:, piece], no_targets, last_logits, keep, protect_before,
+                                          recent, **static)
+    cache = shrink_cache(cache, plan.final_capacities(config, policy, bucket))
+    return CompressedContext(cache=cache, seen=jnp.asarray(lengths), last_logits=last_logits)
+
+
+def append(model: Model, context: CompressedContext, tokens: np.ndarray, lengths: np.ndarray,
+           policy: EvictionPolicy, gates: dict | None, outputs: str = "none", room: int = 0,
+           min_filled: int = 0) -> tuple[CompressedContext, Any]:
+    """Append tokens after each row's context without evicting gated layers (sliding layers keep
+    their window); returns the new context and, for `outputs="nll"`, the NLL of each next token
+    [B, T-1] (numpy), for `outputs="log_probs"` next-token log-probabilities [B, T, V] (device).
+
+    Gated layers are grown to hold the tokens, then `room` more slots beyond max(filled, min_filled).
+    """
+    config, chunk = model.config, policy.chunk_size
+    batch, length = tokens.shape
+    if batch != context.seen.shape[0]:
+        raise ValueError(f"{batch} rows of tokens for a context of {context.seen.shape[0]} rows")
+    seen = np.asarray(context.seen)
+    padded, positions = chunk_layout(tokens, lengths, chunk, start=seen)
+    filled = [int(layer.lengths.max()) for layer in context.cache.layers]
+    sliding_capacity = (config.sliding_window or 0) + max(chunk, policy.decode_block)
+    capacities = [max(cap, sliding_capacity) if config.is_sliding(i)
+                  else round_up(max(filled[i] + padded.shape[1], min_filled) + room, chunk)
+                  for i, cap in enumerate(context.cache.capacities)]
+    cache = grow_cache(context.cache, capacities)
+    targets = np.full_like(padded, -1)
+    targets[:, :-1] = np.where(positions[:, 1:] >= 0, padded[:, 1:], -1)
+    static = dict(config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy), allocation=PER_HEAD,
+                  evict_gated=False, outputs=outputs)
+    zeros = np.zeros(batch, np.int32)
+    last_logits, pieces = context.last_logits, []
+    for c in range(padded.shape[1] // chunk):
+        piece = slice(c * chunk, (c + 1) * chunk)
+        cache, last_logits, extra = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
+                                              positions[:, piece], targets[:, piece], last_logits, zeros, zeros,
+                                              zeros, **static)
+        pieces.append(extra)
+    new_context = CompressedContext(cache=cache, seen=jnp.asarray(seen + lengths), last_logits=last_logits)
+    if outputs == "nll":
+        return new_context, np.concatenate([np.asarray(p) for p in pieces], axis=1)[:, :length - 1]
+    if outputs == "log_probs":
+        return new_context, jnp.concatenate(pieces, axis=1)[:, :length]
+    return new_context, None

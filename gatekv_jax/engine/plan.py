@@ -1,0 +1,65 @@
+"""Capacity planning: the static sizes a policy gives a cache (context buckets, per-layer slots).
+
+Every jitted step sees fixed shapes. A context is rounded up to a bucket (`policy.max_context`, or
+a power-of-two number of chunks), and every layer's capacity follows from the bucket and the
+policy, so any prompt length within a bucket reuses one compiled step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gatekv_jax.engine.inputs import round_up
+from gatekv_jax.kv.eviction import Allocation
+from gatekv_jax.kv.policy import EvictionPolicy
+from gatekv_jax.kv.scorers import ScorerSpec
+from gatekv_jax.models.config import ModelConfig
+
+SLOT_ALIGN = 128  # compressed caches are stored in multiples of this many slots
+
+
+def context_bucket(policy: EvictionPolicy, longest: int) -> int:
+    """Tokens a prefill of contexts up to `longest` tokens is sized for."""
+    if policy.max_context is not None:
+        if longest > policy.max_context:
+            raise ValueError(f"context of {longest} tokens exceeds the policy's max_context {policy.max_context}")
+        return round_up(policy.max_context, policy.chunk_size)
+    chunks = -(-longest // policy.chunk_size)
+    return policy.chunk_size * (1 << (chunks - 1).bit_length())
+
+
+def prefill_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> list[int]:
+    """Slots per layer while prefilling: the budget plus one chunk (sliding layers: window + chunk)."""
+    keep = policy.keep_count(bucket)
+    if not policy.evicts:
+        gated = bucket
+    elif policy.level == "global":
+        gated = min(bucket, math.ceil(policy.global_head_cap * keep)) + policy.chunk_size
+    else:
+        gated = keep + policy.chunk_size
+    sliding = min((config.sliding_window or 0) + policy.chunk_size, bucket)
+    return [sliding if config.is_sliding(i) else gated for i in range(config.num_layers)]
+
+
+def final_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> list[int]:
+    """Capacities a compressed context is stored with: the gated budget rounded up to SLOT_ALIGN
+    slots (the chunk room is dropped), sliding layers exactly their window."""
+    capacities = prefill_capacities(config, policy, bucket)
+    if not policy.evicts:
+        return capacities
+    return [min(config.sliding_window, cap) if config.is_sliding(i)
+            else min(cap, round_up(cap - policy.chunk_size, SLOT_ALIGN))
+            for i, cap in enumerate(capacities)]
+
+
+def allocation(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> Allocation:
+    """The static allocation of the gated budget; "global" caps each head at its prefill buffer."""
+    head_cap = None
+    if policy.level == "global" and config.full_attention_layers:
+        head_cap = prefill_capacities(config, policy, bucket)[config.full_attention_layers[0]] - policy.chunk_size
+    return Allocation(level=policy.level, head_cap=head_cap, token_pool=policy.token_pool)
+
+
+def scorer_spec(policy: EvictionPolicy) -> ScorerSpec:
+    """The static scorer settings the decoder is built with."""
+    return ScorerSpec(policy.scorer, policy.observation_window, policy.pool_kernel, policy.seed)

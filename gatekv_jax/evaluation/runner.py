@@ -1,0 +1,241 @@
+"""The evaluation runner: quality against retention for every (task, scorer, ratio), resumable.
+
+Tasks, each on held-out documents (the training split's complement, split by document hash):
+- continuation: prefill N context tokens under the policy, teacher-force the next M tokens: mean
+  NLL, its increase over `full`, mean KL(full || compressed) of the next-token distributions and
+  top-1 agreement with `full`;
+- recall: random "code" facts spread through the context are listed again after it; NLL of the
+  fact tokens of that recap;
+- needle: a pass key hidden at several depths of filler text, asked for after the (query-agnostic)
+  compression; greedy answer, exact match;
+- qa: a question about a random line of the context, answered greedily after compression,
+  scored against `full`'s answer (exact match, token F1).
+Each context follows the model's chat-template start (BOS and user turn, as in gate training),
+which is protected from eviction. Writes `results.json` (one record per task, scorer, ratio, level;
+header with model, gates, versions, timings), one PNG per task, and prints a table. For `recall`,
+`gap_closed` is the share of the streaming-to-full NLL gap a scorer closes. `results.json` is
+rewritten (atomically) after every record; rerunning the same config into the same folder resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gatekv_jax.engine.decode import generate
+from gatekv_jax.engine.oracle import TeacherMemo
+from gatekv_jax.engine.prefill import prefill
+from gatekv_jax.engine.scoring import continuation_log_probs
+from gatekv_jax.engine.teacher import RepeatPrompts
+from gatekv_jax.evaluation.tasks import SAMPLE_BUILDERS, TASK_METRIC, TASKS, Sample, copied_share, token_f1
+from gatekv_jax.kv.gate_files import load_gates, pretrained_gates
+from gatekv_jax.kv.policy import SCORERS, EvictionPolicy
+from gatekv_jax.models.loading import Model, load_model, load_tokenizer
+from gatekv_jax.training import configs
+from gatekv_jax.utils.files import save_figure, write_json
+
+DEFAULT_CONFIG = "eval"
+
+
+def load_config(path: str = DEFAULT_CONFIG, **overrides):
+    """The evaluation config of `path` (a file or packaged config name; default configs/eval.py)
+    with `overrides` applied, as `--config.<field>=...` would."""
+    return configs.load_config(path, **overrides)
+
+
+def policy_for(config, scorer: str, ratio: float) -> EvictionPolicy:
+    """The policy an evaluation config gives `scorer` at `ratio` (ratio 1 or scorer "full": no eviction)."""
+    full = scorer == "full" or ratio >= 1.0
+    return EvictionPolicy(scorer="full" if full else scorer, ratio=None if full else ratio, level=config.level,
+                          token_pool=config.token_pool, chunk_size=config.chunk_size, window=config.window,
+                          sink=config.sink, seed=config.seed)
+
+
+def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], policy: EvictionPolicy, gates,
+                reference: dict, prefix: tuple[int, ...], teacher_memo: TeacherMemo) -> dict:
+    """Mean metrics of one (task, policy), and their values per sample under `per_sample`.
+    `reference` holds full's outputs per sample (filled when full runs), `teacher_memo` the kvzip
+    oracle's teacher per context (filled when kvzip first runs). Each context is preceded by
+    `prefix` (the chat template's start), which is never evicted."""
+    gates = gates if policy.scorer == "gate" else None
+    metrics: dict[str, list[float]] = {}
+    fractions = []
+    for index, sample in enumerate(samples):
+        context = prefill(model, [list(prefix) + sample.context.tolist()], policy, gates=gates,
+                          prefix_length=len(prefix), teacher_memo=teacher_memo)
+        kept, full = context.kept_slots(model.config.full_attention_layers)
+        fractions.append(kept / full)
+        if task in ("continuation", "recall"):
+            log_probs = continuation_log_probs(model, None, [sample.continuation.tolist()], policy, gates=gates,
+                                               context=context)[0]
+            targets = jnp.asarray(sample.continuation)
+            nll = -jnp.take_along_axis(log_probs, targets[:, None], axis=1)[:, 0]
+            scored = np.asarray(sample.scored)
+            metrics.setdefault("nll", []).append(float(np.asarray(nll)[scored].mean()))
+            if task == "continuation":
+                metrics.setdefault("copied_8grams", []).append(copied_share(sample.context, sample.continuation))
+                if policy.scorer == "full":
+                    reference[index] = log_probs
+                full = reference[index]
+                kl = (jnp.exp(full) * (full - log_probs)).sum(axis=-1)
+                metrics.setdefault("kl", []).append(float(kl.mean()))
+                agree = jnp.argmax(full, axis=-1) == jnp.argmax(log_probs, axis=-1)
+                metrics.setdefault("top1_agreement", []).append(float(agree.mean()))
+        else:
+            out = generate(model, [sample.question.tolist()], policy, gates=gates, context=context,
+                           max_new_tokens=32 if task == "qa" else 8)
+            text = tokenizer.decode(out[0])
+            if task == "needle":
+                found = re.search(r"\d+", text)
+                metrics.setdefault("accuracy", []).append(float(found is not None and found.group() == sample.answer))
+            else:
+                answer = text.split('"')[0].strip()
+                if policy.scorer == "full":
+                    reference[index] = answer
+                metrics.setdefault("exact_match", []).append(float(answer == reference[index]))
+                metrics.setdefault("f1", []).append(token_f1(answer, reference[index]))
+    result: dict = {name: float(np.mean(values)) for name, values in metrics.items()}
+    result["kv_fraction"] = float(np.mean(fractions))
+    result["per_sample"] = metrics
+    return result
+
+
+def evaluate(config) -> dict:
+    """Run every (task, scorer, ratio) of an evaluation config (`configs/eval.py`); returns the
+    results dict (also written to `<output>/results.json`)."""
+    started = time.time()
+    scorers = [s.strip() for s in config.scorers.split(",")]
+    unknown = [s for s in scorers if s not in SCORERS]
+    if unknown:
+        raise ValueError(f"unknown scorers {unknown}; choose from {SCORERS}")
+    tasks = [t.strip() for t in config.tasks.split(",")]
+    if [t for t in tasks if t not in TASKS]:
+        raise ValueError(f"unknown tasks {[t for t in tasks if t not in TASKS]}; choose from {TASKS}")
+    ratios = sorted(float(r) for r in str(config.ratios).split(","))
+    model = load_model(config.model, dtype=config.dtype)
+    tokenizer = load_tokenizer(config.model)
+    gates = None
+    if "gate" in scorers:
+        gates = pretrained_gates(config.model) if config.gates == "packaged" else load_gates(config.gates)
+    prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix if config.chat_prefix else ()
+    path = os.path.join(config.output, "results.json")
+    previous, timings = _previous_run(config, path)  # timings carry over: seconds spent in every run so far
+    earlier_seconds = timings.pop("total_seconds", 0.0)
+    records = []
+
+    def save(complete: bool) -> dict:
+        import flax
+        import transformers
+
+        header = {"model": config.model, "gates": config.gates if "gate" in scorers else None,
+                  "versions": {"jax": jax.__version__, "flax": flax.__version__,
+                               "transformers": transformers.__version__},
+                  "timings": {**timings, "total_seconds": round(earlier_seconds + time.time() - started, 1)},
+                  "resumed_records": sum(key in previous for key in map(_record_key, records)),
+                  "complete": complete, "config": config.to_dict()}
+        add_gap_closed(records)
+        results = {"header": header, "records": records}
+        write_json(path, results)
+        return results
+
+    for task in tasks:
+        task_start, task_key = time.time(), f"{task}_seconds"
+        task_earlier = timings.get(task_key, 0.0)
+        if all((task, scorer, ratio) in previous for scorer in scorers for ratio in ratios):
+            records += [previous[task, scorer, ratio] for scorer in scorers for ratio in ratios]
+            continue
+        samples = SAMPLE_BUILDERS[task](config, tokenizer)
+        if not samples:
+            raise ValueError(f"no held-out samples for task {task!r}")
+        reference: dict = {}
+        teacher_memo = TeacherMemo()
+        full_metrics = _score_task(task, model, tokenizer, samples, policy_for(config, "full", 1.0), gates, reference,
+                                   prefix, teacher_memo)
+        for scorer in scorers:
+            for ratio in ratios:
+                if (task, scorer, ratio) in previous:
+                    records.append(previous[task, scorer, ratio])
+                    continue
+                policy = policy_for(config, scorer, ratio)
+                metrics = full_metrics if policy.scorer == "full" else \
+                    _score_task(task, model, tokenizer, samples, policy, gates, reference, prefix, teacher_memo)
+                record = {"task": task, "scorer": scorer, "ratio": ratio, "level": config.level,
+                          "n_samples": len(samples), **metrics}
+                if task in ("continuation", "recall"):
+                    record["nll_full"] = full_metrics["nll"]
+                    record["delta_nll"] = metrics["nll"] - full_metrics["nll"]
+                    record["per_sample"] = {**metrics["per_sample"], "delta_nll": [
+                        a - b for a, b in zip(metrics["per_sample"]["nll"], full_metrics["per_sample"]["nll"])]}
+                records.append(record)
+                print(_row(record), flush=True)
+                timings[task_key] = round(task_earlier + time.time() - task_start, 1)
+                save(complete=False)
+    results = save(complete=True)
+    for task in tasks:
+        plot_task(records, task, os.path.join(config.output, f"{task}.png"))
+    print("\n".join(["", f"results ({config.output}/results.json):"] + [_row(r) for r in records]), flush=True)
+    return results
+
+
+def _record_key(record: dict) -> tuple:
+    return record["task"], record["scorer"], record["ratio"]
+
+
+def _previous_run(config, path: str) -> tuple[dict[tuple, dict], dict[str, float]]:
+    """Records and timings already in `path` from a run of the same config (an interrupted or
+    finished run resumes where it stopped); a file written by a different config is refused."""
+    if not os.path.isfile(path):
+        return {}, {}
+    with open(path) as f:
+        previous = json.load(f)
+    old, new = previous["header"]["config"], json.loads(json.dumps(config.to_dict()))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
+                         f"pass a new --config.output or remove the file")
+    return {_record_key(r): r for r in previous["records"]}, dict(previous["header"]["timings"])
+
+
+def add_gap_closed(records: list[dict]) -> None:
+    """For `recall` records: the share of the streaming-to-full NLL gap each scorer closes at the same
+    ratio and level, `(nll_streaming - nll) / (nll_streaming - nll_full)` (1 = as good as full, 0 = as
+    good as streaming, < 0 = worse); left out where streaming was not run or ties full."""
+    streaming = {(r["ratio"], r["level"]): r["nll"] for r in records
+                 if r["task"] == "recall" and r["scorer"] == "streaming"}
+    for record in records:
+        if record["task"] != "recall" or (record["ratio"], record["level"]) not in streaming:
+            continue
+        gap = streaming[record["ratio"], record["level"]] - record["nll_full"]
+        if gap > 0:
+            record["gap_closed"] = (streaming[record["ratio"], record["level"]] - record["nll"]) / gap
+
+
+def _row(record: dict) -> str:
+    keys = ("nll", "delta_nll", "gap_closed", "kl", "top1_agreement", "accuracy", "exact_match", "f1")
+    values = " ".join(f"{k}={record[k]:.4f}" for k in keys if k in record)
+    return (f"{record['task']:12s} {record['scorer']:9s} ratio={record['ratio']:.2f} "
+            f"kv={record['kv_fraction']:.3f} {values}")
+
+
+def plot_task(records: list[dict], task: str, path: str) -> None:
+    """The task's main metric against the retention ratio, one line per scorer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = TASK_METRIC[task]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for scorer in sorted({r["scorer"] for r in records if r["task"] == task}):
+        rows = sorted((r for r in records if r["task"] == task and r["scorer"] == scorer), key=lambda r: r["ratio"])
+        axis.plot([r["ratio"] for r in rows], [r[metric] for r in rows], marker="o", label=scorer)
+    axis.set(xlabel="retention ratio (global layers)", ylabel=metric, title=task)
+    axis.legend()
+    figure.tight_layout()
+    save_figure(figure, path)

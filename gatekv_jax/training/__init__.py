@@ -1,0 +1,1 @@
+"""Gate training: text sources, teacher features, fitting, config files, the whole pipeline."""

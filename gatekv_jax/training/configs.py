@@ -1,0 +1,118 @@
+"""Config files: finding them (checkout or installed package), reading them, the training recipes.
+
+The configs live in the checkout's `configs/` folder, which the wheel installs as
+`gatekv_jax/configs/`; `--config=configs/qwen3.py` (or just `qwen3`) finds them either way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+CONFIG_ARGUMENT = "--config"
+
+
+def configs_folder() -> str:
+    """The packaged configs: `gatekv_jax/configs` in an installed wheel, `<checkout>/configs` otherwise."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    installed = os.path.join(package, "configs")
+    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(package), "configs")
+
+
+def resolve_config_path(value: str) -> str:
+    """A config file for `value`: an existing path, or a packaged config named by its file name
+    (`configs/qwen3.py`, `qwen3.py` or `qwen3`); ml_collections' `path:argument` suffix is kept."""
+    path, colon, argument = value.partition(":")
+    if os.path.isfile(path):
+        return value
+    name = os.path.basename(path)
+    packaged = os.path.join(configs_folder(), name if name.endswith(".py") else f"{name}.py")
+    if not os.path.isfile(packaged):
+        available = sorted(f[:-3] for f in os.listdir(configs_folder()) if f.endswith(".py"))
+        raise ValueError(f"config {value!r} is neither a file nor a packaged config {available}")
+    return packaged + colon + argument
+
+
+def with_resolved_config(argv: list[str]) -> list[str]:
+    """Command-line arguments with the `--config` value resolved by `resolve_config_path`."""
+    out, pending = [], False
+    for arg in argv:
+        if pending:
+            out.append(resolve_config_path(arg))
+            pending = False
+        elif arg == CONFIG_ARGUMENT:
+            out.append(arg)
+            pending = True
+        elif arg.startswith(CONFIG_ARGUMENT + "="):
+            out.append(CONFIG_ARGUMENT + "=" + resolve_config_path(arg[len(CONFIG_ARGUMENT) + 1:]))
+        else:
+            out.append(arg)
+    return out
+
+
+def load_config(value: str, **overrides) -> config_dict.ConfigDict:
+    """The config of a file's `get_config()` (path or packaged name) with `overrides` applied, as
+    `--config.<field>=...` would."""
+    path = resolve_config_path(value).partition(":")[0]
+    spec = importlib.util.spec_from_file_location(f"gatekv_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.update(overrides)
+    return config
+
+
+def parse_config_flags(argv: list[str] | None, default: str, program: str) -> config_dict.ConfigDict:
+    """The config of a CLI's `--config=...` and `--config.<field>=...` arguments (default: the
+    packaged config `default`), parsed into a fresh flag set so `main(argv)` works from Python."""
+    import sys
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    args = [program] + with_resolved_config(list(sys.argv[1:] if argv is None else argv))
+    values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", resolve_config_path(default), "config file (configs/*.py)",
+                                             flag_values=values, sys_argv=args)
+    try:
+        rest = values(args)
+    except flags.Error as e:
+        raise SystemExit(f"{program}: {e}") from e
+    if len(rest) > 1:
+        raise SystemExit(f"{program}: unexpected arguments {rest[1:]}")
+    return holder.value
+
+
+def training_config(model: str, workdir: str, *, dtype: str = "float32", source: str = "stdlib",
+                    heldout_fraction: float = 0.1, max_document_tokens: int | None = None,
+                    context_length: int = 16000, teacher_chunk: int = 2000, train_contexts: int = 64,
+                    heldout_contexts: int = 2, batch_size: int = 1, tokens_per_context: int | None = None,
+                    steps: int = 5000, batch_tokens: int = 1000, eval_every: int = 250, eval_tokens: int = 20000,
+                    checkpoint_every: int = 250) -> config_dict.ConfigDict:
+    """A `python -m gatekv_jax.train` config; defaults are the paper's (lr 0.2, momentum 0.9)."""
+    c = config_dict.ConfigDict()
+    c.model = model
+    c.dtype = dtype
+    c.workdir = workdir
+    c.data = config_dict.ConfigDict(dict(
+        source=source, paths=[], heldout_fraction=heldout_fraction,
+        max_document_tokens=config_dict.placeholder(int) if max_document_tokens is None else max_document_tokens))
+    c.context_length = context_length
+    c.teacher_chunk = teacher_chunk
+    c.train_contexts = train_contexts
+    c.heldout_contexts = heldout_contexts
+    c.batch_size = batch_size
+    c.tokens_per_context = config_dict.placeholder(int) if tokens_per_context is None else tokens_per_context
+    c.mesh = config_dict.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.fit = config_dict.ConfigDict(dict(steps=steps, batch_tokens=batch_tokens, learning_rate=0.2, momentum=0.9,
+                                        warmup_fraction=0.01, eval_every=eval_every, eval_tokens=eval_tokens,
+                                        checkpoint_every=checkpoint_every, seed=0))
+    c.seed = 0
+    return c
+
+
+def paper_scale(model: str, workdir: str) -> config_dict.ConfigDict:
+    """The paper's recipe: fineweb-edu, 16K-token contexts, 64 contexts (~1M tokens), 5,000 steps, bf16."""
+    return training_config(model, workdir, dtype="bfloat16", source="fineweb-edu", heldout_fraction=0.01)

@@ -1,0 +1,1 @@
+"""Utilities every layer may use: atomic file writes, device meshes and sharding rules."""

@@ -1,0 +1,160 @@
+"""The engine: exactness against the plain forward, static shapes, every scorer and level, batches."""
+
+import jax
+import numpy as np
+import pytest
+
+import gatekv_jax as gk
+from gatekv_jax import engine as inference
+from gatekv_jax.engine.teacher import RepeatPrompts
+from gatekv_jax.kv.gate import init_gates
+from gatekv_jax.kv.policy import SCORERS, EvictionPolicy
+from tests.tiny_models import TINY_CONFIGS
+
+V = 97
+
+
+def tokens_of(batch, length, seed=0):
+    return np.random.RandomState(seed).randint(0, V, (batch, length)).astype(np.int32)
+
+
+def forward_nll(model, tokens, start):
+    """NLL of tokens[:, start:] under the plain forward."""
+    log_probs = np.asarray(jax.nn.log_softmax(gk.forward(model, tokens), axis=-1))
+    return -np.take_along_axis(log_probs[:, start - 1:-1], tokens[:, start:, None], axis=-1)[..., 0]
+
+
+def test_full_scorer_and_large_budget_equal_plain_forward(tiny_model_dir):
+    _, folder = tiny_model_dir
+    model = gk.load_model(folder)
+    tokens = tokens_of(2, 40)
+    expected = forward_nll(model, tokens, 24)
+    full = EvictionPolicy(scorer="full", chunk_size=8)
+    np.testing.assert_allclose(inference.continuation_nll(model, tokens[:, :24], tokens[:, 24:], full),
+                               expected, atol=1e-4)
+    gates = init_gates(model.config)
+    for scorer in ("gate", "snapkv"):
+        roomy = EvictionPolicy(scorer=scorer, budget=1000, chunk_size=8)
+        nll = inference.continuation_nll(model, tokens[:, :24], tokens[:, 24:], roomy, gates=gates)
+        np.testing.assert_allclose(nll, expected, atol=1e-4)
+
+
+def test_generate_full_equals_greedy_forward(tiny_model_dir):
+    _, folder = tiny_model_dir
+    model = gk.load_model(folder)
+    prompt = tokens_of(1, 11)
+    sequence = prompt.copy()
+    for _ in range(12):
+        next_id = int(np.asarray(gk.forward(model, sequence))[0, -1].argmax())
+        sequence = np.concatenate([sequence, [[next_id]]], axis=1).astype(np.int32)
+    generated = inference.generate(model, prompt, EvictionPolicy(scorer="full", chunk_size=8),
+                                   max_new_tokens=12, stop_tokens=[])
+    assert generated == [sequence[0, 11:].tolist()]
+    budgeted = EvictionPolicy(scorer="h2o", budget=1000, chunk_size=8, decode_budget=500, decode_recent=8)
+    assert inference.generate(model, prompt, budgeted, max_new_tokens=12, stop_tokens=[]) == generated
+
+
+def test_multi_token_append_over_evicted_cache_equals_one_at_a_time(tiny_model_dir):
+    _, folder = tiny_model_dir
+    model = gk.load_model(folder)
+    tokens = tokens_of(2, 48, seed=3)
+    policy = EvictionPolicy(scorer="snapkv", ratio=0.3, chunk_size=8, window=4)
+    context = inference.prefill(model, [tokens[0, :32].tolist(), tokens[1, :27].tolist()], policy)
+    assert int(context.cache.layers[1].lengths.max()) < 27
+    chunked = inference.continuation_nll(model, None, tokens[:, 32:], policy, context=context)
+    one_by_one = inference.continuation_nll(model, None, tokens[:, 32:], policy.__class__(
+        **{**policy.__dict__, "chunk_size": 1}), context=context)
+    np.testing.assert_allclose(chunked, one_by_one, atol=1e-5)
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+@pytest.mark.parametrize("level", ["head", "global", "token"])
+def test_every_scorer_batches_of_one_and_three(tiny_gemma3_dir, scorer, level):
+    model = gk.load_model(tiny_gemma3_dir)
+    gates = init_gates(model.config, seed=1)
+    policy = EvictionPolicy(scorer=scorer, ratio=None if scorer == "full" else 0.3, chunk_size=8, window=4,
+                            level=level, decode_budget=24, decode_block=8, decode_recent=8)
+    rows = [tokens_of(1, n, seed=n)[0].tolist() for n in (37, 20, 29)]
+    prompts = RepeatPrompts(prefix=(5, 6), first=(11, 12, 13), next_head=(21, 22), assistant=(31,))
+    for batch in (rows[:1], rows):
+        context = inference.prefill(model, batch, policy, gates=gates, repeat_prompts=prompts)
+        seen = [len(r) for r in batch]
+        for i in model.config.full_attention_layers:
+            lengths = np.asarray(context.cache.layers[i].lengths)
+            if scorer == "full":
+                np.testing.assert_array_equal(lengths, np.repeat(np.array(seen)[:, None], lengths.shape[1], 1))
+            elif level in ("head", "token"):
+                np.testing.assert_array_equal(lengths[:, 0], [policy.keep_count(n) for n in seen])
+        if level == "token" and scorer != "full":  # every gated layer and head holds the same tokens
+            first = np.asarray(context.cache.layers[model.config.full_attention_layers[0]].positions)
+            for i in model.config.full_attention_layers:
+                positions = np.asarray(context.cache.layers[i].positions)
+                np.testing.assert_array_equal(positions, np.broadcast_to(first[:, :1], positions.shape))
+        if level == "global" and scorer != "full":
+            totals = sum(np.asarray(context.cache.layers[i].lengths).sum(axis=1)
+                         for i in model.config.full_attention_layers)
+            heads = len(model.config.full_attention_layers) * model.config.num_kv_heads
+            assert (totals >= np.array([policy.keep_count(n) for n in seen]) * heads).all()
+        out = inference.generate(model, None, policy, gates=gates, max_new_tokens=30, context=context,
+                                 stop_tokens=[])
+        assert [len(o) for o in out] == [30] * len(batch)
+        if scorer != "kvzip":  # prefill + decode in one call (kvzip needs its repeat prompts)
+            assert inference.generate(model, batch, policy, gates=gates, max_new_tokens=30, stop_tokens=[]) == out
+        nll = inference.continuation_nll(model, None, [r[:5] for r in batch], policy, gates=gates,
+                                        context=context)
+        assert np.isfinite(nll).all()
+
+
+class CompileCounter:
+    """Counts XLA backend compilations while active (jax.monitoring events)."""
+
+    def __init__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+
+def test_tight_budget_still_keeps_whole_sliding_windows():
+    """A gated budget below the sliding window must not shrink (or overflow) the sliding layers."""
+    config = gk.ModelConfig.from_hf(dict(TINY_CONFIGS["gemma3"]))
+    model = gk.Model(config=config, params=gk.init_params(config))
+    policy = EvictionPolicy(scorer="streaming", budget=2, chunk_size=8, window=1, sink=1)
+    seen = [37, 20, 3]
+    context = inference.prefill(model, [tokens_of(1, n, seed=n)[0].tolist() for n in seen], policy)
+    for i, layer in enumerate(context.cache.layers):
+        lengths = np.asarray(layer.lengths)[:, 0]
+        if config.is_sliding(i):
+            np.testing.assert_array_equal(lengths, [min(5, n) for n in seen])
+            newest = np.asarray(layer.positions).max(axis=(1, 2))
+            np.testing.assert_array_equal(newest, np.array(seen) - 1)
+        else:
+            np.testing.assert_array_equal(lengths, [2, 2, 2])
+            assert sorted(np.asarray(layer.positions)[0, 0, :2].tolist()) == [0, 36]  # sink + newest
+
+
+def test_no_recompilation_across_prompt_lengths_decode_lengths_and_300_decode_steps(tiny_model_dir):
+    _, folder = tiny_model_dir
+    model = gk.load_model(folder)
+    gates = init_gates(model.config)
+    policy = EvictionPolicy(scorer="gate", ratio=0.4, chunk_size=8, window=4, max_context=64,
+                            decode_budget=32, decode_block=8, decode_recent=8)
+    counter = CompileCounter()
+    inference.generate(model, tokens_of(1, 13), policy, gates=gates, max_new_tokens=300, stop_tokens=[])
+    assert counter.count > 0
+    after_first_run = counter.count
+    for length in (5, 22, 40, 64):
+        new_tokens = 300 - length // 2  # another max_new_tokens in the same output bucket (257..512)
+        out = inference.generate(model, tokens_of(1, length, seed=length), policy, gates=gates,
+                                 max_new_tokens=new_tokens, stop_tokens=[])
+        assert len(out[0]) == new_tokens
+    assert counter.count == after_first_run
+
+
+def test_gate_scorer_without_gates_is_an_error(tiny_model_dir):
+    _, folder = tiny_model_dir
+    model = gk.load_model(folder)
+    with pytest.raises(ValueError, match="scorer 'gate' needs gates"):
+        inference.prefill(model, tokens_of(1, 8), EvictionPolicy(scorer="gate", ratio=0.5))

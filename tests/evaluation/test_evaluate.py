@@ -1,0 +1,129 @@
+"""The evaluation end to end on the tiny model: every task and scorer, the JSON schema, full = reference."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import gatekv_jax as gk
+import gatekv_jax.evaluation.runner as evaluate_module
+from gatekv_jax.evaluation import TASKS, add_gap_closed, copied_share, evaluate, load_config, markdown_tables, token_f1
+from gatekv_jax.kv.policy import SCORERS
+from gatekv_jax.models.tiny import TINY_MODEL
+
+
+def eval_config(tmp_path):
+    config = load_config()
+    gates = str(tmp_path / "gates.safetensors")
+    gk.save_gates(gk.init_gates(gk.load_model(TINY_MODEL).config), gates)
+    config.update(dict(model=TINY_MODEL, gates=gates, ratios="0.5,1.0", context_length=96, continuation_length=16,
+                       recall_facts=2, needle_depths="0.5", n_samples=1, chunk_size=32, output=str(tmp_path / "out")))
+    config.data.max_document_tokens = 200
+    return config
+
+
+def test_every_task_and_scorer_end_to_end(tmp_path):
+    results = evaluate(eval_config(tmp_path))
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert on_disk["records"] == results["records"]
+    assert set(on_disk["header"]) >= {"model", "gates", "versions", "timings", "config"}
+    records = results["records"]
+    assert {(r["task"], r["scorer"], r["ratio"]) for r in records} == \
+        {(t, s, q) for t in TASKS for s in SCORERS for q in (0.5, 1.0)}
+    for record in records:
+        assert {"task", "scorer", "ratio", "level", "n_samples", "kv_fraction"} <= set(record)
+        if record["ratio"] == 1.0 or record["scorer"] == "full":
+            assert record["kv_fraction"] == pytest.approx(1.0)
+            if record["task"] == "continuation":
+                assert record["delta_nll"] == 0.0 and record["top1_agreement"] == 1.0 and record["kl"] == 0.0
+            if record["task"] == "qa":
+                assert record["exact_match"] == 1.0 and record["f1"] == 1.0
+        else:
+            assert 0.4 < record["kv_fraction"] < 0.7
+        if record["task"] == "continuation":
+            assert {"nll", "nll_full", "delta_nll", "kl", "top1_agreement"} <= set(record)
+            assert 0.0 <= record["copied_8grams"] <= 1.0
+        if record["task"] == "needle":
+            assert 0.0 <= record["accuracy"] <= 1.0
+        for metric, values in record["per_sample"].items():  # the mean of each metric over the samples
+            assert len(values) == record["n_samples"] and np.mean(values) == pytest.approx(record[metric])
+    for task in TASKS:
+        assert os.path.isfile(tmp_path / "out" / f"{task}.png")
+
+
+def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monkeypatch):
+    config = eval_config(tmp_path)
+    config.update(dict(tasks="recall,needle", scorers="full,gate,streaming", ratios="0.5"))
+    first = evaluate(config)
+    assert first["header"]["complete"] and first["header"]["resumed_records"] == 0
+    path = tmp_path / "out" / "results.json"
+    interrupted = json.loads(path.read_text())
+    interrupted["records"] = [r for r in interrupted["records"] if (r["task"], r["scorer"]) != ("needle", "gate")]
+    interrupted["header"]["timings"].update(needle_seconds=100.0, total_seconds=1000.0)  # time spent before the stop
+    path.write_text(json.dumps(interrupted))
+    calls = []
+    original = evaluate_module._score_task
+    monkeypatch.setattr(evaluate_module, "_score_task", lambda task, *a: calls.append((task, a[3].scorer))
+                        or original(task, *a))
+    resumed = evaluate(config)
+    assert calls == [("needle", "full"), ("needle", "gate")]  # full is the reference, then the missing record
+    assert resumed["records"] == first["records"] and resumed["header"]["resumed_records"] == 5
+    before, after = first["header"]["timings"], resumed["header"]["timings"]
+    assert after["recall_seconds"] == before["recall_seconds"]  # not rerun: its time carries over
+    assert after["needle_seconds"] >= 100.0 and after["total_seconds"] >= 1000.0  # this run's time is added
+    config.sink = 8
+    with pytest.raises(ValueError, match=r"another config \(fields \['sink'\] differ\)"):
+        evaluate(config)
+
+
+def test_token_f1():
+    assert token_f1("a b c", "a b c") == 1.0
+    assert token_f1("a b", "a c") == pytest.approx(0.5)
+    assert token_f1("", "a") == 0.0
+
+
+def test_gap_closed_is_the_share_of_the_streaming_to_full_gap():
+    def record(scorer, nll, ratio=0.3, task="recall"):
+        return {"task": task, "scorer": scorer, "ratio": ratio, "level": "head", "nll": nll, "nll_full": 0.5}
+
+    records = [record("streaming", 2.5), record("gate", 1.0), record("random", 3.0), record("full", 0.5),
+               record("gate", 1.0, ratio=0.5), record("streaming", 2.5, task="continuation")]
+    add_gap_closed(records)
+    assert [r.get("gap_closed") for r in records] == [0.0, 0.75, -0.25, 1.0, None, None]
+
+
+def test_unknown_scorer_is_named(tmp_path):
+    config = eval_config(tmp_path)
+    config.scorers = "full,magic"
+    with pytest.raises(ValueError, match="unknown scorers \\['magic'\\]"):
+        evaluate(config)
+
+
+def test_markdown_tables_put_scorers_in_rows_and_ratios_in_columns():
+    def record(scorer, ratio, nll):
+        return {"task": "recall", "scorer": scorer, "ratio": ratio, "level": "global", "n_samples": 2, "nll": nll,
+                "nll_full": 0.5, "kv_fraction": ratio}
+
+    records = [record("full", 1.0, 0.5), record("gate", 0.3, 1.25), record("gate", 0.5, 1.0),
+               record("streaming", 0.3, 2.0), record("streaming", 0.5, 1.5)]
+    add_gap_closed(records)
+    text = markdown_tables({"header": {"config": {"context_length": 2000}}, "records": records})
+    assert "**recall: NLL of the recalled facts (full 0.500)** (2000 tokens, global level, 2 samples)" in text
+    table = "| scorer | 0.3 | 0.5 |\n| --- | --- | --- |\n| gate | 1.250 | 1.000 |\n| streaming | 2.000 | 1.500 |"
+    assert table in text
+    assert "| gate | 50% | 50% |" in text and "| streaming | 0% | 0% |" in text
+    pooled = [{**r, "level": "token"} for r in records]
+    unpooled = [{**r, "level": "token", "ratio": 0.1} for r in records if r["scorer"] != "full"]
+    text = markdown_tables({"header": {"config": {"context_length": 2000, "token_pool": 3}}, "records": pooled},
+                           {"header": {"config": {"context_length": 2000}}, "records": unpooled})
+    assert "(2000 tokens, token (pool 3) level, 2 samples)" in text  # runs of different pooling never share a table
+    assert "(2000 tokens, token (pool 1) level, 2 samples)" in text and "| gate | 1.250 | 1.000 |" in text
+
+
+def test_copied_share_counts_the_continuation_8grams_found_in_the_context():
+    context = np.arange(20)
+    assert copied_share(context, np.arange(5, 15)) == 1.0  # its 3 8-grams all occur in the context
+    assert copied_share(context, np.arange(100, 110)) == 0.0
+    assert copied_share(context, np.array([0, 1, 2, 3, 4, 5, 6, 7, 99, 98])) == pytest.approx(1 / 3)
+    assert copied_share(context, np.arange(5)) == 0.0  # shorter than one 8-gram

@@ -1,0 +1,31 @@
+"""EvictionPolicy: validation and the defaults users get."""
+
+import pytest
+
+from gatekv_jax.kv.policy import EvictionPolicy
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(scorer="magic", ratio=0.3), "unknown scorer 'magic'"),
+    (dict(scorer="gate"), "exactly one of ratio and budget"),
+    (dict(scorer="gate", ratio=1.5), r"ratio must be in \(0, 1\], got 1.5"),
+    (dict(scorer="gate", ratio=0.3, level="layer"), "unknown level 'layer'"),
+    (dict(scorer="gate", ratio=0.3, level="token", token_pool=2), "token_pool must be odd, got 2"),
+    (dict(scorer="gate", ratio=0.3, level="token", token_pool=0), "token_pool must be a positive int, got 0"),
+    (dict(scorer="gate", ratio=0.3, chunk_size=0), "chunk_size must be a positive int, got 0"),
+    (dict(scorer="gate", ratio=0.3, decode_budget=100), "decode_budget 100 must exceed"),
+])
+def test_policy_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EvictionPolicy(**kwargs)
+
+
+def test_the_default_level_is_the_best_measured_one_everywhere():
+    """A user who sets only scorer and ratio gets level "token" (docs/results.md: the best level on
+    recall and needles), in the library and in the generate CLI."""
+    from gatekv_jax.generate import _parser
+
+    policy = EvictionPolicy(scorer="gate", ratio=0.3)
+    assert (policy.level, policy.token_pool) == ("token", 3)
+    args = _parser().parse_args(["--prompt=x"])
+    assert (args.level, args.token_pool) == (policy.level, policy.token_pool)
