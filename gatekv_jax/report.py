@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         with open(path) as file:
             results.append(json.load(file))
+        if not results[-1].get("records"):
+            print(f"{path} holds no evaluation records", file=sys.stderr)
+            return 2
     print(markdown_tables(*results))
     return 0
 

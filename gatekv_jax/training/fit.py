@@ -28,6 +28,8 @@ EPS = 1e-6
 
 @dataclasses.dataclass(frozen=True)
 class FitSettings:
+    """The fit's settings (the `fit` block of a training config), checked when made."""
+
     steps: int = 5000
     batch_tokens: int = 1000
     learning_rate: float = 0.2
@@ -37,6 +39,20 @@ class FitSettings:
     eval_tokens: int = 20000
     checkpoint_every: int = 250
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_tokens", "eval_every", "eval_tokens", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"fit.{name} must be a positive int, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"fit.seed must be an int, got {self.seed!r}")
+        if not isinstance(self.learning_rate, (int, float)) or not 0 < self.learning_rate < float("inf"):
+            raise ValueError(f"fit.learning_rate must be a finite number > 0, got {self.learning_rate!r}")
+        for name in ("momentum", "warmup_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"fit.{name} must be in [0, 1), got {value!r}")
 
 
 class FeatureSplit:

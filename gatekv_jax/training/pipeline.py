@@ -52,6 +52,7 @@ def plot_history(history: list[dict], layers: tuple[int, ...], path: str) -> Non
 def train_gates(config) -> dict:
     """Run every phase for an ml_collections training config (see `configs/`); returns the summary
     (also written to `<workdir>/summary.json`)."""
+    fit_settings = FitSettings(**config.fit.to_dict())  # checked before any work
     workdir = config.workdir
     os.makedirs(workdir, exist_ok=True)
     times = {}
@@ -85,7 +86,6 @@ def train_gates(config) -> dict:
         raise RuntimeError("a document is in both the train and held-out features")
 
     start = time.time()
-    fit_settings = FitSettings(**config.fit.to_dict())
     layers = model.config.full_attention_layers
     with _progress(fit_settings.steps, "fit") as bar:
         bar.update(0)

@@ -127,3 +127,12 @@ def test_copied_share_counts_the_continuation_8grams_found_in_the_context():
     assert copied_share(context, np.arange(100, 110)) == 0.0
     assert copied_share(context, np.array([0, 1, 2, 3, 4, 5, 6, 7, 99, 98])) == pytest.approx(1 / 3)
     assert copied_share(context, np.arange(5)) == 0.0  # shorter than one 8-gram
+
+
+def test_report_of_a_file_without_records_is_an_error(tmp_path, capsys):
+    from gatekv_jax.report import main
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"header": {"config": {}}, "records": []}))
+    assert main([str(path)]) == 2
+    assert "holds no evaluation records" in capsys.readouterr().err

@@ -88,3 +88,19 @@ def test_feature_shards_are_skipped_on_rerun_and_settings_checked(tmp_path):
     assert os.path.getmtime(tmp_path / "train_00001.inputs.npy") == stamp
     with pytest.raises(ValueError, match="other settings"):
         collect_features(model, prompts, contexts, str(tmp_path), "train", {"model": "other"}, max_contexts=3)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("steps", -1, r"fit.steps must be a positive int, got -1"),
+    ("eval_every", 0, r"fit.eval_every must be a positive int, got 0"),
+    ("learning_rate", float("nan"), r"fit.learning_rate must be a finite number > 0, got nan"),
+    ("momentum", 1.0, r"fit.momentum must be in \[0, 1\), got 1.0"),
+])
+def test_bad_fit_settings_are_refused_before_any_work(tmp_path, field, value, match):
+    from gatekv_jax.training.configs import load_config
+
+    config = load_config("tiny", workdir=str(tmp_path / "run"))
+    config.fit[field] = value
+    with pytest.raises(ValueError, match=match):
+        gk.train_gates(config)
+    assert not (tmp_path / "run").exists()
