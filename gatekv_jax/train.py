@@ -3,6 +3,7 @@
 Without --config the packaged Gemma 3 270M is trained offline (configs/gemma3_270m.py). Any field
 can be overridden: --config.fit.steps=500 --config.workdir=/tmp/run. The pipeline is
 `gatekv_jax.training.pipeline.train_gates`; every phase resumes when rerun in the same workdir.
+On a TPU pod every worker runs the same command with --config.distributed.auto=True (see launch/).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 from gatekv_jax.training.configs import parse_config_flags
 from gatekv_jax.training.pipeline import train_gates
+from gatekv_jax.utils.distributed import is_main_process
 
 DEFAULT_CONFIG = "gemma3_270m"
 
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
     summary = train_gates(parse_config_flags(argv, DEFAULT_CONFIG, "python -m gatekv_jax.train"))
+    if not is_main_process():
+        return 0
     loss, accuracy = summary["heldout_loss"], summary["heldout_accuracy"]
     print(f"gates: {os.path.join(summary['config']['workdir'], 'gates.safetensors')}")
     for g, layer in enumerate(summary["gated_layers"]):

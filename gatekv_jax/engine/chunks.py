@@ -23,6 +23,7 @@ from gatekv_jax.kv.scorers import ScorerSpec
 from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.decoder import Decoder
 from gatekv_jax.models.loading import Model
+from gatekv_jax.utils.sharding import replicated
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",),
@@ -52,7 +53,7 @@ def chunk_step(params: dict, gates: dict | None, cache: KVCache, tokens: jax.Arr
             picked_lp = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
             extra = jnp.where(targets >= 0, -picked_lp, jnp.nan)  # [B, C]
     cache = evict(cache, config, keep, protect_before, recent, allocation, evict_gated=evict_gated)
-    return cache, last_logits, extra
+    return cache, replicated(last_logits), None if extra is None else replicated(extra)  # host-bound
 
 
 def prefill_chunks(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy: EvictionPolicy,

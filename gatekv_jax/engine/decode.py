@@ -26,6 +26,7 @@ from gatekv_jax.kv.scorers import ScorerSpec
 from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.decoder import Decoder
 from gatekv_jax.models.loading import Model
+from gatekv_jax.utils.sharding import replicated
 
 MIN_DECODE_BUCKET = 16
 
@@ -71,7 +72,7 @@ def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Ar
     done = jnp.zeros((batch,), bool)
     state = (jnp.int32(0), cache, logits, next_positions, key, done, out)
     _, cache, _, _, _, _, out = jax.lax.while_loop(cond, body, state)
-    return out, cache
+    return replicated(out), cache  # every process reads the tokens
 
 
 def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates: dict | None = None,

@@ -9,7 +9,8 @@ For a context c (after a protected prefix: system prompt / chat template start),
    where the repeat queries see only [prefix keys; keys of c_i; repeat keys (causal)];
 3. the score of a context token is the max, over repeat positions and the G query heads of its KV
    head, of its softmax attention weight. Nothing of the repeat pass is kept.
-Result: scores [B, L_gated, K, n] in [0, 1] and attention inputs [B, L_gated, n, D].
+Result: scores [B, L_gated, K, n] in [0, 1] and attention inputs [B, L_gated, n, D]
+(`teacher_features`: the same per row, for the rows this process writes in a multi-process run).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from gatekv_jax.kv.scorers import ScorerSpec
 from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.decoder import Decoder
 from gatekv_jax.models.loading import Model
+from gatekv_jax.utils.distributed import global_array, owned_rows
+from gatekv_jax.utils.sharding import constrain
 
 FIRST_REPEAT = "\n\nRepeat the previous context exactly."
 NEXT_REPEAT = "\n\nRepeat the part of the previous context exactly, starting with "
@@ -87,7 +90,7 @@ def _prefill_step(params: dict, cache: KVCache, tokens: jax.Array, positions: ja
         {"params": params}, tokens, positions, cache, method=Decoder.hidden_states, mutable=["intermediates"])
     inputs = [state["intermediates"][f"layers_{i}"]["self_attn"]["attention_input"][0]
               for i in config.full_attention_layers]
-    return cache, jnp.stack(inputs)
+    return cache, constrain(jnp.stack(inputs), (None, "batch", None, None))  # whole rows per device
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype"))
@@ -103,14 +106,18 @@ def _repeat_step(params: dict, cache: KVCache, tokens: jax.Array, positions: jax
     restricted = cache.replace(layers=tuple(view(layer) for layer in cache.layers))
     _, scored = Decoder(config, dtype=dtype, scorer=ScorerSpec("kvzip")).apply(
         {"params": params}, tokens, positions, restricted, method=Decoder.hidden_states)
-    return jnp.stack([scored.layers[i].scores for i in config.full_attention_layers])
+    scores = jnp.stack([scored.layers[i].scores for i in config.full_attention_layers])
+    return constrain(scores, (None, "batch", None, None))  # whole rows per device
 
 
-def teacher_scores(model: Model, context: Any, prompts: RepeatPrompts, chunk: int = TEACHER_CHUNK,
-                   prefill_chunk: int = PREFILL_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """KVzip scores [B, Lg, K, n] and gated-layer attention inputs [B, Lg, n, D] for contexts [B, n].
+def teacher_features(model: Model, context: Any, prompts: RepeatPrompts, chunk: int = TEACHER_CHUNK,
+                     prefill_chunk: int = PREFILL_CHUNK) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """`{row: (KVzip scores [Lg, K, n], gated-layer attention inputs [Lg, n, D])}` for contexts
+    [B, n] (every process passes the same batch), for the rows this process writes.
 
-    All rows share one length n. The prefix (`prompts.prefix`) is prepended and never scored.
+    All rows share one length n. The prefix (`prompts.prefix`) is prepended and never scored. On a
+    model with a mesh the batch is sharded over the mesh's batch axes (over processes too), and
+    each row comes back, as float32 host arrays, on exactly one process (`owned_rows`).
     """
     context = np.asarray(context, np.int32)
     if context.ndim != 2 or context.shape[1] == 0:
@@ -127,23 +134,38 @@ def teacher_scores(model: Model, context: Any, prompts: RepeatPrompts, chunk: in
     capacity = round_up(total, prefill_chunk) + repeat_length
     cache = init_cache(config, batch, capacity, model.dtype)
     static = dict(config=config, dtype=jnp.dtype(model.dtype))
+
+    def rows_of(x: np.ndarray) -> Any:  # [B, T] host tokens or positions -> the step's input
+        return x if model.mesh is None else global_array(x, model.mesh, ("batch", None))
+
     padded, positions = chunk_layout(tokens, np.full(batch, total), prefill_chunk)
-    inputs = []
+    inputs: dict[int, list[np.ndarray]] = {}
     for start in range(0, total, prefill_chunk):
         piece = slice(start, start + prefill_chunk)
-        cache, layer_inputs = model.run(_prefill_step, model.params, cache, padded[:, piece], positions[:, piece],
-                                        **static)
-        inputs.append(np.asarray(layer_inputs[:, :, :min(prefill_chunk, total - start)], np.float32))
-    attention_inputs = np.concatenate(inputs, axis=2)[:, :, P:].transpose(1, 0, 2, 3)  # [B, Lg, n, D]
-
-    scores = np.zeros((batch, len(config.full_attention_layers), config.num_kv_heads, n), np.float32)
+        cache, layer_inputs = model.run(_prefill_step, model.params, cache, rows_of(padded[:, piece]),
+                                        rows_of(positions[:, piece]), **static)  # [Lg, B, T, D]
+        for row, value in owned_rows(layer_inputs, axis=1).items():
+            inputs.setdefault(row, []).append(np.asarray(value[:, :min(prefill_chunk, total - start)], np.float32))
+    scores: dict[int, list[np.ndarray]] = {row: [] for row in inputs}
     for index in range(-(-n // chunk)):
         repeat_tokens = prompts.repeat_input(context, index, chunk)
         padded, positions = chunk_layout(repeat_tokens, np.full(batch, repeat_tokens.shape[1]), repeat_length,
                                          start=total)
         low, high = P + index * chunk, P + min(n, (index + 1) * chunk)
-        slot_scores = model.run(_repeat_step, model.params, cache, padded, positions, np.int32(P), np.int32(low),
-                                np.int32(high), **static)
-        scores[:, :, :, low - P:high - P] = np.asarray(slot_scores[:, :, :, low:high]).transpose(1, 0, 2, 3)
-    return scores, attention_inputs
+        slot_scores = model.run(_repeat_step, model.params, cache, rows_of(padded), rows_of(positions), np.int32(P),
+                                np.int32(low), np.int32(high), **static)  # [Lg, B, K, S]
+        for row, value in owned_rows(slot_scores, axis=1).items():
+            scores[row].append(np.asarray(value[:, :, low:high], np.float32))
+    return {row: (np.concatenate(scores[row], axis=2), np.concatenate(inputs[row], axis=1)[:, P:])
+            for row in sorted(inputs)}
 
+
+def teacher_scores(model: Model, context: Any, prompts: RepeatPrompts, chunk: int = TEACHER_CHUNK,
+                   prefill_chunk: int = PREFILL_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """KVzip scores [B, Lg, K, n] and gated-layer attention inputs [B, Lg, n, D] for contexts [B, n]
+    (see `teacher_features`; needs every row on this process, as in a single-process run)."""
+    rows = teacher_features(model, context, prompts, chunk, prefill_chunk)
+    batch = np.asarray(context).shape[0]
+    if sorted(rows) != list(range(batch)):
+        raise ValueError("this process holds only some rows of the batch: use teacher_features")
+    return np.stack([rows[r][0] for r in range(batch)]), np.stack([rows[r][1] for r in range(batch)])

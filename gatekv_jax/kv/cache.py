@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatekv_jax.models.config import ModelConfig
+from gatekv_jax.utils.sharding import constrain
 
 EMPTY_POSITION = -1
 
@@ -66,7 +67,16 @@ class LayerCache:
             positions=scatter(self.positions, token_positions),
             scores=scatter(self.scores, scores.transpose(0, 2, 1)),
             lengths=jnp.minimum(self.lengths + is_token.sum(axis=1, dtype=jnp.int32)[:, None], self.capacity),
-        )
+        ).sharded()
+
+    def sharded(self) -> "LayerCache":
+        """This layer laid out by the logical axis rules (batch over data, KV heads over tensor where
+        they divide) when a mesh is set; unchanged otherwise."""
+        slots = ("batch", "kv_heads", "cache_slots")
+        return LayerCache(keys=constrain(self.keys, slots + ("head_dim",)),
+                          values=constrain(self.values, slots + ("head_dim",)),
+                          positions=constrain(self.positions, slots), scores=constrain(self.scores, slots),
+                          lengths=constrain(self.lengths, slots[:2]))
 
 
 @flax.struct.dataclass

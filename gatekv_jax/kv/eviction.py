@@ -65,7 +65,7 @@ def evict_layer(layer: LayerCache, priority: jax.Array, keep: jax.Array) -> Laye
         positions=jnp.where(kept_sorted, gather(layer.positions), EMPTY_POSITION),
         scores=jnp.where(kept_sorted, gather(layer.scores), 0.0),
         lengths=kept.sum(axis=-1, dtype=jnp.int32),
-    )
+    ).sharded()
 
 
 def _global_keep(priority_by_layer: list[jax.Array], keep: jax.Array, head_cap: int) -> list[jax.Array]:

@@ -106,6 +106,11 @@ def training_config(model: str, workdir: str, *, dtype: str = "float32", source:
     c.batch_size = batch_size
     c.tokens_per_context = config_dict.placeholder(int) if tokens_per_context is None else tokens_per_context
     c.mesh = config_dict.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # Multi-process runs (see gatekv_jax.utils.distributed.initialize): auto=True on Cloud TPU pods,
+    # or a coordinator host:port with the process count and this process's id.
+    c.distributed = config_dict.ConfigDict(dict(
+        auto=False, coordinator=config_dict.placeholder(str), num_processes=1, process_id=0,
+        cpu_devices=config_dict.placeholder(int)))
     c.fit = config_dict.ConfigDict(dict(steps=steps, batch_tokens=batch_tokens, learning_rate=0.2, momentum=0.9,
                                         warmup_fraction=0.01, eval_every=eval_every, eval_tokens=eval_tokens,
                                         checkpoint_every=checkpoint_every, seed=0))

@@ -1,9 +1,12 @@
 """Feature collection for gate training: attention inputs of gated layers and KVzip teacher scores.
 
-Contexts are processed in batches (one batch = one shard); each shard is written atomically as
-two .npy files, `<name>.inputs.npy` (float16 [Lg, m, D]) and `<name>.targets.npy` (float32
-[Lg, K, m]), then recorded in `manifest.json` (also written atomically). A rerun skips every
-shard the manifest lists, so a killed collection resumes; host memory holds one batch at a time.
+Contexts go through the teacher in batches (one SPMD program over every process's devices); each
+context is one shard `<split>_<context index>`, written atomically by the one process holding
+its row as two .npy files, `<name>.inputs.npy` (float16 [Lg, m, D]) and `<name>.targets.npy`
+(float32 [Lg, K, m]). After every batch, process 0 records the batch's shards in `manifest.json`
+(atomically): the manifest is the single truth. A rerun skips every batch the manifest lists,
+so a killed collection resumes, with any batch size or process count (shards are per context).
+Multi-process runs need a features folder every process can read and write.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from gatekv_jax.engine.teacher import RepeatPrompts, teacher_scores
+from gatekv_jax.engine.teacher import RepeatPrompts, teacher_features
 from gatekv_jax.models.loading import Model
+from gatekv_jax.utils.distributed import is_main_process, sync
 from gatekv_jax.utils.files import write_atomically, write_json
 
 FLOAT16_MAX = 65504.0
@@ -38,18 +42,21 @@ def read_manifest(folder: str) -> dict:
 
 
 def _batches(contexts: Iterable[tuple[list[str], np.ndarray]], batch_size: int,
-             max_contexts: int) -> Iterator[tuple[list[list[str]], np.ndarray]]:
-    batch_docs, batch_tokens = [], []
+             max_contexts: int) -> Iterator[tuple[int, list[list[str]], np.ndarray]]:
+    """`(index of the batch's first context, documents per context, tokens [b, n])` per batch."""
+    first, batch_docs, batch_tokens = 0, [], []
     for count, (docs, tokens) in enumerate(contexts):
         if count >= max_contexts:
             break
+        if not batch_tokens:
+            first = count
         batch_docs.append(docs)
         batch_tokens.append(tokens)
         if len(batch_tokens) == batch_size:
-            yield batch_docs, np.stack(batch_tokens)
+            yield first, batch_docs, np.stack(batch_tokens)
             batch_docs, batch_tokens = [], []
     if batch_tokens:
-        yield batch_docs, np.stack(batch_tokens)
+        yield first, batch_docs, np.stack(batch_tokens)
 
 
 def collect_features(model: Model, prompts: RepeatPrompts, contexts: Iterable[tuple[list[str], np.ndarray]],
@@ -59,35 +66,36 @@ def collect_features(model: Model, prompts: RepeatPrompts, contexts: Iterable[tu
     """Collect features of up to `max_contexts` contexts of one split into `folder`; returns the manifest.
 
     `settings` (model, lengths, sampling) must match an existing manifest, so a folder never mixes
-    features of different runs. `tokens_per_context` keeps a random subset of each context's tokens.
+    features of different runs. `tokens_per_context` keeps a random subset of each context's tokens
+    (seeded by the context's index). Every process calls this with the same contexts.
     """
     manifest = read_manifest(folder)
     if manifest["settings"] is not None and manifest["settings"] != settings:
         raise ValueError(f"{folder} holds features made with other settings: {manifest['settings']} "
                          f"(now {settings}); use another folder")
     manifest["settings"] = settings
-    for index, (docs, tokens) in enumerate(_batches(contexts, batch_size, max_contexts)):
-        name = f"{split}_{index:05d}"
-        if name in manifest["shards"]:
+    for first, docs, tokens in _batches(contexts, batch_size, max_contexts):
+        names = [f"{split}_{first + row:05d}" for row in range(len(tokens))]
+        if all(name in manifest["shards"] for name in names):
             if progress is not None:
                 progress.update(len(tokens))
             continue
-        scores, inputs = teacher_scores(model, tokens, prompts, chunk=teacher_chunk)  # [B,Lg,K,n], [B,Lg,n,D]
-        if tokens_per_context is not None and tokens_per_context < tokens.shape[1]:
-            rng = np.random.default_rng([seed, index, len(split)])
-            picks = np.stack([np.sort(rng.choice(tokens.shape[1], tokens_per_context, replace=False))
-                              for _ in range(len(tokens))])  # [B, m]
-            scores = np.take_along_axis(scores, picks[:, None, None, :], axis=3)
-            inputs = np.take_along_axis(inputs, picks[:, None, :, None], axis=2)
-        lg, d = inputs.shape[1], inputs.shape[3]
-        flat_inputs = inputs.transpose(1, 0, 2, 3).reshape(lg, -1, d)  # [Lg, m, D]
-        if np.abs(flat_inputs).max() > FLOAT16_MAX:
-            raise ValueError(f"attention inputs exceed the float16 range in shard {name}")
-        flat_targets = scores.transpose(1, 2, 0, 3).reshape(lg, scores.shape[2], -1)  # [Lg, K, m]
-        _save_npy(os.path.join(folder, f"{name}.inputs.npy"), flat_inputs.astype(np.float16))
-        _save_npy(os.path.join(folder, f"{name}.targets.npy"), flat_targets.astype(np.float32))
-        manifest["shards"][name] = {"split": split, "tokens": int(flat_inputs.shape[1]), "documents": docs}
-        write_json(os.path.join(folder, "manifest.json"), manifest)
+        for row, (scores, inputs) in teacher_features(model, tokens, prompts, chunk=teacher_chunk).items():
+            # scores [Lg, K, n], inputs [Lg, n, D] of context first + row
+            if tokens_per_context is not None and tokens_per_context < tokens.shape[1]:
+                rng = np.random.default_rng([seed, first + row, len(split)])
+                picks = np.sort(rng.choice(tokens.shape[1], tokens_per_context, replace=False))
+                scores, inputs = scores[:, :, picks], inputs[:, picks]
+            if np.abs(inputs).max() > FLOAT16_MAX:
+                raise ValueError(f"attention inputs exceed the float16 range in shard {names[row]}")
+            _save_npy(os.path.join(folder, f"{names[row]}.inputs.npy"), inputs.astype(np.float16))
+            _save_npy(os.path.join(folder, f"{names[row]}.targets.npy"), scores.astype(np.float32))
+        sync(f"features {split} {first}")  # every row of the batch is on disk
+        tokens_kept = tokens.shape[1] if tokens_per_context is None else min(tokens_per_context, tokens.shape[1])
+        for row, name in enumerate(names):
+            manifest["shards"][name] = {"split": split, "tokens": tokens_kept, "documents": [docs[row]]}
+        if is_main_process():
+            write_json(os.path.join(folder, "manifest.json"), manifest)
         if progress is not None:
             progress.update(len(tokens))
     return manifest

@@ -4,7 +4,10 @@ All gated layers train at once (parameters stacked on a leading layer axis, the 
 layers): binary cross-entropy with soft targets, mean over tokens, summed over heads and layers.
 SGD with momentum 0.9, lr 0.2, 1% linear warm-up, then x1 / x0.5 (from 50%) / x0.25 (from 75%).
 Batches depend only on the step number, and an orbax CheckpointManager saves parameters and
-optimiser state, so a killed run resumes to exactly the gates of an uninterrupted one.
+optimiser state, so a killed run resumes to exactly the gates of an uninterrupted one. On a mesh
+the fit is data-parallel: each step's tokens are sharded over the batch axes (over processes too),
+the gates are replicated, and the compiled step reduces the gradients; every process takes part
+in the checkpoints, and process 0 alone writes the history.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from gatekv_jax.kv.gate import gate_scores
 from gatekv_jax.training.features import read_manifest
+from gatekv_jax.utils.distributed import global_array, is_main_process
 from gatekv_jax.utils.files import write_json
 
 ACCURACY_THRESHOLD = 0.05
@@ -114,15 +119,25 @@ def _batch_indices(settings: FitSettings, step: int, num_tokens: int) -> np.ndar
 
 
 def fit_gates(initial_gates: dict, layers: tuple[int, ...], features_folder: str, workdir: str,
-              settings: FitSettings, on_step: Callable[[int], None] | None = None) -> tuple[dict, list[dict]]:
-    """Train the gates; resumes from `workdir/checkpoints`. Returns (gates, evaluation history)."""
+              settings: FitSettings, on_step: Callable[[int], None] | None = None,
+              mesh: Mesh | None = None) -> tuple[dict, list[dict]]:
+    """Train the gates (data-parallel over `mesh` if given); resumes from `workdir/checkpoints`.
+    Returns (gates, evaluation history)."""
     import orbax.checkpoint as ocp
+
+    def tokens_on_mesh(inputs: np.ndarray, targets: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        if mesh is None:
+            return jnp.asarray(inputs), jnp.asarray(targets)  # [Lg, b, D], [Lg, K, b]
+        return global_array(inputs, mesh, (None, "batch", None)), global_array(targets, mesh, (None, None, "batch"))
+
+    def replicated(tree):
+        return tree if mesh is None else jax.tree.map(lambda x: global_array(x, mesh, (None,) * np.ndim(x)), tree)
 
     train, heldout = FeatureSplit(features_folder, "train"), FeatureSplit(features_folder, "heldout")
     eval_rng = np.random.default_rng([settings.seed, 2**31])  # apart from every step's stream
     eval_indices = np.sort(eval_rng.choice(heldout.num_tokens, min(settings.eval_tokens, heldout.num_tokens),
                                            replace=False))
-    eval_inputs, eval_targets = (jnp.asarray(x) for x in heldout.gather(eval_indices))
+    eval_inputs, eval_targets = tokens_on_mesh(*heldout.gather(eval_indices))
     optimizer = optax.sgd(learning_rate_schedule(settings), momentum=settings.momentum)
 
     @jax.jit
@@ -136,7 +151,7 @@ def fit_gates(initial_gates: dict, layers: tuple[int, ...], features_folder: str
 
     evaluate = jax.jit(per_layer_metrics)
     params = stack_gates(initial_gates, layers)
-    state = {"params": params, "opt_state": optimizer.init(params)}
+    state = replicated({"params": params, "opt_state": optimizer.init(params)})
     manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                     options=ocp.CheckpointManagerOptions(max_to_keep=2))
     history_path = os.path.join(workdir, "history.json")
@@ -154,12 +169,13 @@ def fit_gates(initial_gates: dict, layers: tuple[int, ...], features_folder: str
         loss, accuracy = evaluate(params, eval_inputs, eval_targets)
         history.append({"step": step, "heldout_loss": np.asarray(loss).tolist(),
                         "heldout_accuracy": np.asarray(accuracy).tolist()})
-        write_json(history_path, history)
+        if is_main_process():
+            write_json(history_path, history)
 
     if start == 0 and not history:
         record(0, state["params"])
     for step in range(start, settings.steps):
-        inputs, targets = train.gather(_batch_indices(settings, step, train.num_tokens))
+        inputs, targets = tokens_on_mesh(*train.gather(_batch_indices(settings, step, train.num_tokens)))
         params, opt_state, _ = train_step(state["params"], state["opt_state"], inputs, targets)
         state = {"params": params, "opt_state": opt_state}
         done = step + 1
@@ -171,4 +187,5 @@ def fit_gates(initial_gates: dict, layers: tuple[int, ...], features_folder: str
         if on_step is not None:
             on_step(done)
     manager.close()
-    return unstack_gates(state["params"], layers), history
+    gates = jax.tree.map(np.asarray, unstack_gates(state["params"], layers))  # replicated: every process has them
+    return gates, history

@@ -19,6 +19,7 @@ from gatekv_jax.models.loading import load_model, load_tokenizer
 from gatekv_jax.training import data
 from gatekv_jax.training.features import collect_features
 from gatekv_jax.training.fit import FitSettings, fit_gates
+from gatekv_jax.utils.distributed import initialize, is_main_process
 from gatekv_jax.utils.files import save_figure, write_json
 from gatekv_jax.utils.sharding import make_mesh
 
@@ -51,8 +52,12 @@ def plot_history(history: list[dict], layers: tuple[int, ...], path: str) -> Non
 
 def train_gates(config) -> dict:
     """Run every phase for an ml_collections training config (see `configs/`); returns the summary
-    (also written to `<workdir>/summary.json`)."""
+    (also written to `<workdir>/summary.json`).
+
+    Multi-process runs (`config.distributed`) start every process with the same config and a
+    workdir they all share; process 0 writes the outputs."""
     fit_settings = FitSettings(**config.fit.to_dict())  # checked before any work
+    initialize(**config.distributed.to_dict())
     workdir = config.workdir
     os.makedirs(workdir, exist_ok=True)
     times = {}
@@ -90,11 +95,9 @@ def train_gates(config) -> dict:
     with _progress(fit_settings.steps, "fit") as bar:
         bar.update(0)
         gates, history = fit_gates(init_gates(model.config, seed=config.seed), layers, features, workdir,
-                                   fit_settings, on_step=lambda step: bar.update(step - bar.n))
+                                   fit_settings, on_step=lambda step: bar.update(step - bar.n), mesh=mesh)
     times["fit_seconds"] = time.time() - start
 
-    save_gates(gates, os.path.join(workdir, "gates.safetensors"))
-    plot_history(history, layers, os.path.join(workdir, "training.png"))
     first, last = history[0], history[-1]
     summary = {
         "model": config.model, "gated_layers": list(layers), "tokens": tokens,
@@ -102,7 +105,10 @@ def train_gates(config) -> dict:
         "heldout_loss": {"untrained": first["heldout_loss"], "trained": last["heldout_loss"]},
         "heldout_accuracy": {"untrained": first["heldout_accuracy"], "trained": last["heldout_accuracy"]},
         "steps": last["step"], **{k: round(v, 1) for k, v in times.items()},
-        "config": config.to_dict(),
+        "processes": jax.process_count(), "config": config.to_dict(),
     }
-    write_json(os.path.join(workdir, "summary.json"), summary)
+    if is_main_process():
+        save_gates(gates, os.path.join(workdir, "gates.safetensors"))
+        plot_history(history, layers, os.path.join(workdir, "training.png"))
+        write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

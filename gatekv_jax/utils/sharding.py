@@ -2,7 +2,8 @@
 
 Parameters and activations are named with logical axes ("embed", "q_heads", "batch", ...);
 `LOGICAL_RULES` says which mesh axis ("data", "fsdp", "tensor") each is split over. A dimension
-that the mesh axis does not divide (e.g. one KV head over 4 tensor devices) is replicated instead.
+that the mesh axes do not divide is split over the longest leading run of them that does (a batch
+of 2 over data=2 x fsdp=4: over data), or replicated (one KV head over 4 tensor devices).
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int] | N
         mesh_axes = tuple(a for a in mesh_axes if a not in used)
         if shape is not None and mesh_shape is not None:
             mesh_axes = tuple(a for a in mesh_axes if mesh_shape.get(a, 1) > 1)
-            if shape[dim] % int(np.prod([mesh_shape[a] for a in mesh_axes] or [1])):
-                mesh_axes = ()
+            while mesh_axes and shape[dim] % int(np.prod([mesh_shape[a] for a in mesh_axes])):
+                mesh_axes = mesh_axes[:-1]  # keep the longest leading run of mesh axes that divides
         used.update(mesh_axes)
         spec.append(None if not mesh_axes else (mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes))
     return PartitionSpec(*spec)
@@ -83,3 +84,8 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         return x
     spec = logical_to_spec(logical_axes, x.shape, dict(mesh.shape))
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def replicated(x: jax.Array) -> jax.Array:
+    """`x` copied to every device when a mesh is set (results the host reads, on every process)."""
+    return constrain(x, (None,) * x.ndim)

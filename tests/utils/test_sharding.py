@@ -22,6 +22,8 @@ def test_logical_rules_replicate_what_does_not_divide():
     assert logical_to_spec(("batch", "seq", "embed"), (4, 7, 64), mesh_shape) == \
         PartitionSpec(("data", "fsdp"), None, None)
     assert logical_to_spec(("batch", "seq", "embed"), (2, 7, 64), mesh_shape) == \
+        PartitionSpec("data", None, "fsdp")  # the longest leading run of mesh axes that divides
+    assert logical_to_spec(("batch", "seq", "embed"), (3, 7, 64), mesh_shape) == \
         PartitionSpec(None, None, "fsdp")
 
 
