@@ -91,6 +91,8 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates:
     gates = gates_for(model, policy, gates)
     config = model.config
     stop = config.eos_token_ids if stop_tokens is None else tuple(int(t) for t in stop_tokens)
+    if any(not 0 <= t < config.vocab_size for t in stop):
+        raise ValueError(f"stop tokens {list(stop)} must be ids in [0, {config.vocab_size})")
     if context is None:
         context = prefill(model, prompt_tokens, policy, gates=gates)
         prompt_tokens = None

@@ -25,6 +25,7 @@ from gatekv_jax.models.layers import rms_normalize
 GATE_DIM = 16
 NUM_SINKS = 16
 GATE_NORM_EPS = 1e-6
+GATE_TENSORS = frozenset({"q_kernel", "q_bias", "k_kernel", "q_norm", "k_norm", "sink_keys", "bias"})
 
 
 def gate_scores(params: dict, hidden: jax.Array) -> jax.Array:
@@ -66,6 +67,9 @@ def check_gates(gates: dict, config: ModelConfig) -> None:
     if set(gates) != expected_layers:
         raise ValueError(f"gates cover layers {sorted(gates)}, the model gates {sorted(expected_layers)}")
     for name, params in gates.items():
+        missing = sorted(GATE_TENSORS - set(params))
+        if missing:
+            raise ValueError(f"gate {name} lacks tensors {missing}")
         E = params["q_norm"].shape[0]
         Z = params["sink_keys"].shape[1]
         shapes = {"q_kernel": (D, K, G, E), "q_bias": (K, G, E), "k_kernel": (D, K, E), "q_norm": (E,),

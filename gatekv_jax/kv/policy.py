@@ -7,6 +7,15 @@ import math
 
 SCORERS = ("full", "gate", "kvzip", "streaming", "snapkv", "h2o", "random")
 LEVELS = ("head", "global", "token")
+MAX_SLOTS = 2**31 - 1  # positions and slot counts are int32
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,25 +77,27 @@ class EvictionPolicy:
         if self.scorer != "full" and (self.ratio is None) == (self.budget is None):
             raise ValueError(f"set exactly one of ratio and budget for scorer {self.scorer!r} "
                              f"(got ratio={self.ratio}, budget={self.budget})")
-        if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
-            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.ratio is not None and (not _is_number(self.ratio) or not 0.0 < self.ratio <= 1.0):
+            raise ValueError(f"ratio must be a number in (0, 1], got {self.ratio!r}")
         for name in ("budget", "window", "decode_budget", "max_context"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+            if value is not None and (not _is_int(value) or not 0 < value <= MAX_SLOTS):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r} (at most {MAX_SLOTS})")
         for name in ("chunk_size", "observation_window", "pool_kernel", "token_pool", "decode_block"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            if not _is_int(value) or not 0 < value <= MAX_SLOTS:
+                raise ValueError(f"{name} must be a positive int, got {value!r} (at most {MAX_SLOTS})")
         for name in ("sink", "decode_recent"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+            if not _is_int(value) or not 0 <= value <= MAX_SLOTS:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r} (at most {MAX_SLOTS})")
         for name in ("pool_kernel", "token_pool"):
             if getattr(self, name) % 2 == 0:
                 raise ValueError(f"{name} must be odd, got {getattr(self, name)}")
-        if self.global_head_cap < 1.0:
-            raise ValueError(f"global_head_cap must be >= 1, got {self.global_head_cap}")
+        if not _is_number(self.global_head_cap) or not 1.0 <= self.global_head_cap < math.inf:
+            raise ValueError(f"global_head_cap must be a finite number >= 1, got {self.global_head_cap!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.decode_budget is not None and self.decode_budget <= self.sink + self.decode_recent:
             raise ValueError(f"decode_budget {self.decode_budget} must exceed sink + decode_recent "
                              f"({self.sink + self.decode_recent})")

@@ -52,3 +52,14 @@ def test_clear_caches_drops_every_compiled_step(tiny_gemma3_dir):
     assert chunk_step._cache_size() > 0 and decode_loop._cache_size() > 0
     jax.clear_caches()
     assert chunk_step._cache_size() == 0 and decode_loop._cache_size() == 0
+
+
+def test_generate_refuses_bad_sampling_and_stop_tokens_before_any_work():
+    import gatekv_jax as gk
+
+    model = gk.load_model("tiny-random-qwen3")
+    policy = gk.EvictionPolicy(scorer="full")
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0, got nan"):
+        gk.generate(model, [[1, 2]], policy, temperature=float("nan"))
+    with pytest.raises(ValueError, match=r"stop tokens \[999\] must be ids in \[0, 261\)"):
+        gk.generate(model, [[1, 2]], policy, stop_tokens=[999])

@@ -91,3 +91,11 @@ def test_safetensors_round_trip_and_shape_errors(tmp_path):
         check_gates(bad, config)
     with pytest.raises(ValueError, match="does not exist"):
         gk.load_gates(str(tmp_path / "missing.safetensors"))
+
+
+def test_gates_with_a_missing_tensor_are_named():
+    config = gk.ModelConfig.from_hf(dict(TINY_CONFIGS["qwen3"]))
+    gates = gk.init_gates(config)
+    del gates["layer_1"]["q_norm"]
+    with pytest.raises(ValueError, match=r"gate layer_1 lacks tensors \['q_norm'\]"):
+        check_gates(gates, config)

@@ -8,12 +8,18 @@ from gatekv_jax.kv.policy import EvictionPolicy
 @pytest.mark.parametrize("kwargs, match", [
     (dict(scorer="magic", ratio=0.3), "unknown scorer 'magic'"),
     (dict(scorer="gate"), "exactly one of ratio and budget"),
-    (dict(scorer="gate", ratio=1.5), r"ratio must be in \(0, 1\], got 1.5"),
+    (dict(scorer="gate", ratio=1.5), r"ratio must be a number in \(0, 1\], got 1.5"),
     (dict(scorer="gate", ratio=0.3, level="layer"), "unknown level 'layer'"),
     (dict(scorer="gate", ratio=0.3, level="token", token_pool=2), "token_pool must be odd, got 2"),
     (dict(scorer="gate", ratio=0.3, level="token", token_pool=0), "token_pool must be a positive int, got 0"),
     (dict(scorer="gate", ratio=0.3, chunk_size=0), "chunk_size must be a positive int, got 0"),
     (dict(scorer="gate", ratio=0.3, decode_budget=100), "decode_budget 100 must exceed"),
+    (dict(scorer="gate", ratio="0.3"), r"ratio must be a number in \(0, 1\], got '0.3'"),
+    (dict(scorer="gate", budget=True), "budget must be a positive int or None, got True"),
+    (dict(scorer="gate", ratio=0.3, level="global", global_head_cap=float("nan")),
+     "global_head_cap must be a finite number >= 1, got nan"),
+    (dict(scorer="gate", ratio=0.3, window=2**31), "window must be a positive int or None, got 2147483648"),
+    (dict(scorer="gate", ratio=0.3, seed=1.5), "seed must be an int, got 1.5"),
 ])
 def test_policy_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
