@@ -98,4 +98,5 @@ def collect_features(model: Model, prompts: RepeatPrompts, contexts: Iterable[tu
             write_json(os.path.join(folder, "manifest.json"), manifest)
         if progress is not None:
             progress.update(len(tokens))
+    sync(f"features {split} recorded")  # the manifest on disk is complete before anyone reads it
     return manifest
