@@ -155,7 +155,10 @@ def test_a_failing_process_stops_the_others_and_its_status_is_returned(tmp_path,
 def test_ctrl_c_stops_every_process(tmp_path, stand_in):
     launcher = subprocess.Popen(["bash", LOCAL, "--processes", "2", "--devices", "1", "--logs", str(tmp_path / "l"),
                                  "--", "--config=x.py"], env=environment(STAND_IN_MODE="sleep", **stand_in),
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                # as at a terminal: a job started in the background (as CI may run the
+                                # suite) inherits SIGINT ignored, and bash cannot trap a signal ignored at entry
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         children = pids(tmp_path, 2)
         launcher.send_signal(signal.SIGINT)
