@@ -15,6 +15,8 @@ from gatekv_jax.engine import (
     apply_model,
     continuation_log_probs,
     continuation_nll,
+    decoder_step,
+    evict_cache,
     forward,
     generate,
     prefill,
@@ -29,6 +31,7 @@ from gatekv_jax.kv import (
     EvictionPolicy,
     KVCache,
     LayerCache,
+    download_official_gates,
     gate_scores,
     import_official_gates,
     init_cache,
@@ -49,10 +52,11 @@ from gatekv_jax.utils.sharding import LOGICAL_RULES, make_mesh
 
 __all__ = [
     "Decoder", "Model", "ModelConfig", "init_params", "load_model", "load_tokenizer",
-    "LEVELS", "SCORERS", "CompressedContext", "EvictionPolicy", "KVCache", "LayerCache", "gate_scores",
-    "import_official_gates", "init_cache", "init_gates", "load_gates", "pretrained_gates", "save_gates",
+    "LEVELS", "SCORERS", "CompressedContext", "EvictionPolicy", "KVCache", "LayerCache",
+    "download_official_gates", "gate_scores", "import_official_gates", "init_cache", "init_gates",
+    "load_gates", "pretrained_gates", "save_gates",
     "RepeatPrompts", "Sampling", "TeacherMemo", "apply_model", "continuation_log_probs", "continuation_nll",
-    "forward", "generate", "prefill", "teacher_scores",
+    "decoder_step", "evict_cache", "forward", "generate", "prefill", "teacher_scores",
     "train_gates",
     "LOGICAL_RULES", "make_mesh",
 ]

@@ -98,6 +98,29 @@ def export_official_gates(gates: dict, config: ModelConfig, path: str) -> None:
     torch.save({"module": layers}, path)
 
 
+OFFICIAL_GATES_REPO = "Jang-Hyun/Fast-KVzip"  # the authors' hub repo of released gates
+
+
+def official_gates_file(model_id: str, config: ModelConfig) -> str:
+    """The file of the authors' released gates for a hub model id, as their code names it:
+    `<model name, lower case>/q<query heads per KV head>_dim16_sink16.pt`."""
+    name = model_id.rstrip("/").split("/")[-1].lower()
+    if not name:
+        raise ValueError(f"model id {model_id!r} has no model name")
+    return f"{name}/q{config.num_groups}_dim16_sink16.pt"
+
+
+def download_official_gates(model_id: str, config: ModelConfig) -> dict:
+    """The authors' released gates for `model_id` (e.g. "Qwen/Qwen3-4B-Instruct-2507"), downloaded
+    from the hub repo `OFFICIAL_GATES_REPO` and imported with `import_official_gates` (needs torch
+    and network). They exist for Qwen2.5-{7,14}B-Instruct-1M, Qwen3-{8,14}B, Qwen3-4B-Instruct-2507
+    and gemma-3-12b-it."""
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(repo_id=OFFICIAL_GATES_REPO, filename=official_gates_file(model_id, config))
+    return import_official_gates(path, config)
+
+
 PRETRAINED = {"gemma3-270m": "gemma3-270m.gates.safetensors"}
 
 

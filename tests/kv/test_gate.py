@@ -99,3 +99,24 @@ def test_gates_with_a_missing_tensor_are_named():
     del gates["layer_1"]["q_norm"]
     with pytest.raises(ValueError, match=r"gate layer_1 lacks tensors \['q_norm'\]"):
         check_gates(gates, config)
+
+
+def test_download_official_gates_asks_the_authors_repo_for_the_model_file(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    config = gk.ModelConfig.from_hf(TINY_CONFIGS["qwen3"])
+    released = gk.init_gates(config, seed=5)
+    export_official_gates(released, config, str(tmp_path / "released.pt"))
+    asked = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        return str(tmp_path / "released.pt")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    gates = gk.download_official_gates("Qwen/Qwen3-4B-Instruct-2507", config)
+    # the authors' name: lower-case model name, q<query heads per KV head>_dim16_sink16.pt
+    assert asked == [("Jang-Hyun/Fast-KVzip", f"qwen3-4b-instruct-2507/q{config.num_groups}_dim16_sink16.pt")]
+    for layer, params in released.items():
+        for name, value in params.items():
+            np.testing.assert_array_equal(gates[layer][name], value)
