@@ -25,6 +25,8 @@ from gatekv_jax.models.decoder import Decoder
 from gatekv_jax.models.loading import Model
 from gatekv_jax.utils.sharding import replicated
 
+MIN_APPEND_CHUNK = 16
+
 
 @functools.partial(jax.jit, donate_argnames=("cache",),
                    static_argnames=("config", "dtype", "spec", "allocation", "evict_gated", "outputs"))
@@ -61,7 +63,7 @@ def prefill_chunks(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
     """Chunked prefill of right-padded contexts [B, T] under `policy` (any scorer but the oracle)."""
     config, chunk = model.config, policy.chunk_size
     bucket = plan.context_bucket(policy, int(lengths.max()))
-    cache = init_cache(config, tokens.shape[0], plan.prefill_capacities(config, policy, bucket), model.dtype)
+    cache = model.run(init_cache, config, tokens.shape[0], plan.prefill_capacities(config, policy, bucket), model.dtype)
     static = dict(config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy),
                   allocation=plan.allocation(config, policy, bucket), evict_gated=policy.evicts, outputs="none")
     batch = tokens.shape[0]
@@ -89,17 +91,20 @@ def append(model: Model, context: CompressedContext, tokens: np.ndarray, lengths
     [B, T-1] (numpy), for `outputs="log_probs"` next-token log-probabilities [B, T, V] (device).
 
     Gated layers are grown to hold the tokens, then `room` more slots beyond max(filled, min_filled).
+    Appends shorter than a chunk (a question) run as one power-of-two chunk of at least
+    `MIN_APPEND_CHUNK` tokens, not a padded full chunk.
     """
-    config, chunk = model.config, policy.chunk_size
+    config = model.config
     batch, length = tokens.shape
+    chunk = min(policy.chunk_size, max(MIN_APPEND_CHUNK, 1 << max(length - 1, 0).bit_length()))
     if batch != context.seen.shape[0]:
         raise ValueError(f"{batch} rows of tokens for a context of {context.seen.shape[0]} rows")
     seen = np.asarray(context.seen)
     padded, positions = chunk_layout(tokens, lengths, chunk, start=seen)
     filled = [int(layer.lengths.max()) for layer in context.cache.layers]
-    sliding_capacity = (config.sliding_window or 0) + max(chunk, policy.decode_block)
-    capacities = [max(cap, sliding_capacity) if config.is_sliding(i)
-                  else round_up(max(filled[i] + padded.shape[1], min_filled) + room, chunk)
+    sliding_capacity = (config.sliding_window or 0) + max(policy.chunk_size, policy.decode_block)
+    capacities = [max(cap, sliding_capacity) if config.is_sliding(i)  # sizes in whole chunks: fewer compiles
+                  else round_up(max(filled[i] + padded.shape[1], min_filled) + room, policy.chunk_size)
                   for i, cap in enumerate(context.cache.capacities)]
     cache = grow_cache(context.cache, capacities)
     targets = np.full_like(padded, -1)

@@ -132,7 +132,7 @@ def teacher_features(model: Model, context: Any, prompts: RepeatPrompts, chunk: 
     total = P + n
     repeat_length = round_up(prompts.max_repeat_length(chunk), 128)
     capacity = round_up(total, prefill_chunk) + repeat_length
-    cache = init_cache(config, batch, capacity, model.dtype)
+    cache = model.run(init_cache, config, batch, capacity, model.dtype)
     static = dict(config=config, dtype=jnp.dtype(model.dtype))
 
     def rows_of(x: np.ndarray) -> Any:  # [B, T] host tokens or positions -> the step's input

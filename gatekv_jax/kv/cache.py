@@ -96,7 +96,9 @@ class KVCache:
 
 def init_cache(config: ModelConfig, batch_size: int, capacity: int | Sequence[int],
                dtype: Any = jnp.float32) -> KVCache:
-    """An empty cache; `capacity` is one slot count for every layer or one per layer."""
+    """An empty cache; `capacity` is one slot count for every layer or one per layer. Under a mesh
+    (`jax.set_mesh`) it is laid out as the model's steps return it, so the first step does not
+    compile for another input layout."""
     capacities = [capacity] * config.num_layers if isinstance(capacity, int) else list(capacity)
     if len(capacities) != config.num_layers:
         raise ValueError(f"got {len(capacities)} capacities for {config.num_layers} layers")
@@ -114,7 +116,7 @@ def init_cache(config: ModelConfig, batch_size: int, capacity: int | Sequence[in
             positions=jnp.full((batch_size, K, slots), EMPTY_POSITION, jnp.int32),
             scores=jnp.zeros((batch_size, K, slots), jnp.float32),
             lengths=jnp.zeros((batch_size, K), jnp.int32),
-        )
+        ).sharded()
 
     return KVCache(layers=tuple(empty(c) for c in capacities))
 

@@ -70,3 +70,23 @@ def test_decoder_step_on_an_empty_cache_equals_forward(tiny_gemma3_dir):
                                                       config=model.config, policy=policy))(cache)
     np.testing.assert_allclose(logits, gk.forward(model, tokens), atol=1e-5)
     assert np.asarray(cache.layers[0].lengths).tolist() == [[12] * model.config.num_kv_heads]
+
+
+def test_a_cache_made_under_a_mesh_needs_no_second_compilation(tiny_gemma3_dir):
+    model = gk.load_model(tiny_gemma3_dir, mesh=gk.make_mesh(data=2, fsdp=-1))
+    policy = gk.EvictionPolicy(scorer="streaming", budget=8)
+    traces = []
+
+    @jax.jit
+    def step(cache, tokens, positions):
+        traces.append(1)
+        _, cache = gk.decoder_step(model.params, None, cache, tokens, positions, config=model.config, policy=policy)
+        return gk.evict_cache(cache, model.config, policy, 8, recent=2)
+
+    tokens = np.zeros((2, 4), np.int32)
+    with jax.set_mesh(model.mesh):
+        cache = gk.init_cache(model.config, 2, 12)
+        assert cache.layers[0].keys.sharding.spec[0] == "data"  # batch rows over the data axis
+        for start in range(0, 12, 4):
+            cache = step(cache, tokens, np.arange(start, start + 4)[None].repeat(2, 0))
+    assert len(traces) == 1
