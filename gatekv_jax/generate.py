@@ -10,6 +10,7 @@ appended and answered; otherwise the prompt itself is compressed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gatekv_jax.engine.decode import generate
@@ -53,20 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if (args.prompt is None) == (args.prompt_file is None):
         raise SystemExit("error: give exactly one of --prompt and --prompt_file")
+    for flag in ("prompt_file", "context_file", "gates"):  # checked before the model loads
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"error: --{flag}={path} is not a file")
+    if args.scorer == "gate" and not args.gates and args.model not in PRETRAINED:
+        raise SystemExit(f"error: --scorer=gate needs --gates (no packaged gates for {args.model!r})")
     prompt = args.prompt if args.prompt is not None else open(args.prompt_file).read()
-    ratio = args.ratio if args.scorer == "full" or args.budget is not None or args.ratio is not None else 0.3
-    policy = EvictionPolicy(scorer=args.scorer, ratio=None if args.scorer == "full" else ratio,
-                            budget=None if args.scorer == "full" else args.budget, window=args.window,
-                            sink=args.sink, chunk_size=args.chunk_size, level=args.level,
-                            token_pool=args.token_pool, decode_budget=args.decode_budget, seed=args.seed)
+    ratio = 0.3 if args.scorer != "full" and args.budget is None and args.ratio is None else args.ratio
+    try:
+        policy = EvictionPolicy(scorer=args.scorer, ratio=None if args.scorer == "full" else ratio,
+                                budget=None if args.scorer == "full" else args.budget, window=args.window,
+                                sink=args.sink, chunk_size=args.chunk_size, level=args.level,
+                                token_pool=args.token_pool, decode_budget=args.decode_budget, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     gates = None
     if args.scorer == "gate":
-        if args.gates:
-            gates = load_gates(args.gates)
-        elif args.model in PRETRAINED:
-            gates = pretrained_gates(args.model)
-        else:
-            raise SystemExit(f"error: --scorer=gate needs --gates (no packaged gates for {args.model!r})")
+        gates = load_gates(args.gates) if args.gates else pretrained_gates(args.model)
     model = load_model(args.model, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
     prompt_ids = tokenizer(prompt).input_ids

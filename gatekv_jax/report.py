@@ -6,10 +6,10 @@ One table per (context length, level, task, metric), scorers in rows and ratios 
 
 from __future__ import annotations
 
-import json
 import sys
 
 from gatekv_jax.evaluation.report import markdown_tables
+from gatekv_jax.utils.files import read_json
 
 USAGE = "usage: python -m gatekv_jax.report results.json [more results.json ...]"
 
@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if paths and paths[0] in ("-h", "--help") else 2
     results = []
     for path in paths:
-        with open(path) as file:
-            results.append(json.load(file))
+        try:
+            results.append(read_json(path))
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 2
         if not results[-1].get("records"):
             print(f"{path} holds no evaluation records", file=sys.stderr)
             return 2

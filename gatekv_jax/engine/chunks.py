@@ -33,11 +33,12 @@ MIN_APPEND_CHUNK = 16
 def chunk_step(params: dict, gates: dict | None, cache: KVCache, tokens: jax.Array, positions: jax.Array,
                targets: jax.Array, previous_logits: jax.Array, keep: jax.Array, protect_before: jax.Array,
                recent: jax.Array, *, config: ModelConfig, dtype: Any, spec: ScorerSpec, allocation: Allocation,
-               evict_gated: bool, outputs: str) -> tuple[KVCache, jax.Array, Any]:
+               evict_gated: bool, outputs: str) -> tuple[KVCache, jax.Array, Any, jax.Array]:
     """One chunk appended, then eviction (sliding layers back to their window; gated layers to
-    `keep` [B] when `evict_gated`): `(cache, last_logits [B, V], extra)`. `outputs` picks extra:
-    "none", "nll" (NLL of `targets` [B, C], -1 = none) or "log_probs" (next-token log-probabilities
-    [B, C, V])."""
+    `keep` [B] when `evict_gated`): `(cache, last_logits [B, V], extra, finite)`. `outputs` picks
+    extra: "none", "nll" (NLL of `targets` [B, C], -1 = none) or "log_probs" (next-token
+    log-probabilities [B, C, V]). `finite` is False when a logit or the score of a filled gated
+    slot is NaN or infinite (checked before eviction, which would silently drop NaN-scored slots)."""
     module = Decoder(config, dtype=dtype, scorer=spec)
     variables = {"params": params}
     hidden, cache = module.apply(variables, tokens, positions, cache, gates, method=Decoder.hidden_states)
@@ -54,32 +55,62 @@ def chunk_step(params: dict, gates: dict | None, cache: KVCache, tokens: jax.Arr
         else:
             picked_lp = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
             extra = jnp.where(targets >= 0, -picked_lp, jnp.nan)  # [B, C]
+    finite = jnp.isfinite(last_logits).all()
+    for i in config.full_attention_layers:
+        layer = cache.layers[i]
+        finite &= (jnp.isfinite(layer.scores) | (layer.positions < 0)).all()
     cache = evict(cache, config, keep, protect_before, recent, allocation, evict_gated=evict_gated)
-    return cache, replicated(last_logits), None if extra is None else replicated(extra)  # host-bound
+    return (cache, replicated(last_logits), None if extra is None else replicated(extra),  # host-bound
+            replicated(finite))
+
+
+def check_context(config: ModelConfig, context: CompressedContext) -> None:
+    """Refuse a context that another model made (layers, KV heads, head size or vocabulary differ)."""
+    layer = context.cache.layers[0]
+    made = (len(context.cache.layers), layer.keys.shape[1], layer.keys.shape[3], context.last_logits.shape[-1])
+    wanted = (config.num_layers, config.num_kv_heads, config.head_dim, config.vocab_size)
+    if made != wanted:
+        raise ValueError(f"the context was made by another model: (layers, KV heads, head size, vocabulary) "
+                         f"{made}, this model {wanted}")
+
+
+def check_finite(flags: list[jax.Array], what: str) -> None:
+    """Raise when any chunk step reported a non-finite logit or score (one host sync, at the end)."""
+    if not all(jax.device_get(flags)):  # no jnp op here: it would compile per number of chunks
+        raise FloatingPointError(
+            f"non-finite logits or KV scores during {what}: the model's activations overflow (float16? use "
+            "bfloat16 or float32), or the gates or inputs hold NaN/inf")
 
 
 def prefill_chunks(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy: EvictionPolicy,
                    gates: dict | None, prefix_length: int) -> CompressedContext:
     """Chunked prefill of right-padded contexts [B, T] under `policy` (any scorer but the oracle)."""
     config, chunk = model.config, policy.chunk_size
-    bucket = plan.context_bucket(policy, int(lengths.max()))
-    cache = model.run(init_cache, config, tokens.shape[0], plan.prefill_capacities(config, policy, bucket), model.dtype)
-    static = dict(config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy),
-                  allocation=plan.allocation(config, policy, bucket), evict_gated=policy.evicts, outputs="none")
     batch = tokens.shape[0]
-    last_logits = jnp.zeros((batch, config.vocab_size), jnp.float32)
     protect_before = np.full(batch, max(policy.sink, prefix_length), np.int32)
     recent = np.array([policy.protected_window(int(n)) for n in lengths], np.int32)
+    bucket = plan.context_bucket(policy, int(lengths.max()))
+    min_keep = plan.bucket_keep(policy, bucket, int(protect_before[0]))
+    capacities = plan.prefill_capacities(config, policy, bucket, min_keep)
+    cache = model.run(init_cache, config, batch, capacities, model.dtype)
+    static = dict(config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy),
+                  allocation=plan.allocation(config, policy, bucket, min_keep), evict_gated=policy.evicts,
+                  outputs="none")
+    last_logits = jnp.zeros((batch, config.vocab_size), jnp.float32)
     no_targets = np.full((batch, chunk), -1, np.int32)
     padded, positions = chunk_layout(tokens, lengths, chunk)
+    flags = []
     for c in range(padded.shape[1] // chunk):
         piece = slice(c * chunk, (c + 1) * chunk)
         seen = np.minimum(lengths, (c + 1) * chunk)
-        keep = np.array([policy.keep_count(int(s)) for s in seen], np.int32)
-        cache, last_logits, _ = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
-                                          positions[:, piece], no_targets, last_logits, keep, protect_before,
-                                          recent, **static)
-    cache = shrink_cache(cache, plan.final_capacities(config, policy, bucket))
+        keep = np.array([plan.protected_keep(policy, int(s), int(p), int(r))
+                         for s, p, r in zip(seen, protect_before, recent)], np.int32)
+        cache, last_logits, _, finite = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
+                                                  positions[:, piece], no_targets, last_logits, keep,
+                                                  protect_before, recent, **static)
+        flags.append(finite)
+    check_finite(flags, "prefill")
+    cache = shrink_cache(cache, plan.final_capacities(config, policy, bucket, min_keep))
     return CompressedContext(cache=cache, seen=jnp.asarray(lengths), last_logits=last_logits)
 
 
@@ -99,6 +130,7 @@ def append(model: Model, context: CompressedContext, tokens: np.ndarray, lengths
     chunk = min(policy.chunk_size, max(MIN_APPEND_CHUNK, 1 << max(length - 1, 0).bit_length()))
     if batch != context.seen.shape[0]:
         raise ValueError(f"{batch} rows of tokens for a context of {context.seen.shape[0]} rows")
+    check_context(config, context)
     seen = np.asarray(context.seen)
     padded, positions = chunk_layout(tokens, lengths, chunk, start=seen)
     filled = [int(layer.lengths.max()) for layer in context.cache.layers]
@@ -112,13 +144,15 @@ def append(model: Model, context: CompressedContext, tokens: np.ndarray, lengths
     static = dict(config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy), allocation=PER_HEAD,
                   evict_gated=False, outputs=outputs)
     zeros = np.zeros(batch, np.int32)
-    last_logits, pieces = context.last_logits, []
+    last_logits, pieces, flags = context.last_logits, [], []
     for c in range(padded.shape[1] // chunk):
         piece = slice(c * chunk, (c + 1) * chunk)
-        cache, last_logits, extra = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
-                                              positions[:, piece], targets[:, piece], last_logits, zeros, zeros,
-                                              zeros, **static)
+        cache, last_logits, extra, finite = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
+                                                      positions[:, piece], targets[:, piece], last_logits, zeros,
+                                                      zeros, zeros, **static)
         pieces.append(extra)
+        flags.append(finite)
+    check_finite(flags, "append")
     new_context = CompressedContext(cache=cache, seen=jnp.asarray(seen + lengths), last_logits=last_logits)
     if outputs == "nll":
         return new_context, np.concatenate([np.asarray(p) for p in pieces], axis=1)[:, :length - 1]

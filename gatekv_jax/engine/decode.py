@@ -21,7 +21,7 @@ from gatekv_jax.engine.prefill import gates_for, prefill
 from gatekv_jax.engine.sampling import Sampling
 from gatekv_jax.kv.cache import CompressedContext, KVCache
 from gatekv_jax.kv.eviction import PER_HEAD, evict
-from gatekv_jax.kv.policy import EvictionPolicy
+from gatekv_jax.kv.policy import MAX_SLOTS, EvictionPolicy
 from gatekv_jax.kv.scorers import ScorerSpec
 from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.decoder import Decoder
@@ -75,6 +75,22 @@ def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Ar
     return replicated(out), cache  # every process reads the tokens
 
 
+def _check_room(model: Model, context: CompressedContext, new_slots: int, max_new_tokens: int) -> None:
+    """Refuse, before allocating, a generation whose positions leave int32 or whose cache growth
+    (`new_slots` per gated head) exceeds the device memory a backend reports (TPU, GPU)."""
+    last = int(np.asarray(context.seen).max()) + new_slots
+    if last > MAX_SLOTS:
+        raise ValueError(f"max_new_tokens {max_new_tokens} after {int(np.asarray(context.seen).max())} context "
+                         f"tokens passes the largest position {MAX_SLOTS}")
+    config, layer = model.config, context.cache.layers[0]
+    growth = (new_slots * len(config.full_attention_layers) * layer.keys.shape[0] * config.num_kv_heads
+              * config.head_dim * 2 * layer.keys.dtype.itemsize)
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats and growth > stats["bytes_limit"] - stats.get("bytes_in_use", 0):
+        raise ValueError(f"max_new_tokens {max_new_tokens} grows the KV cache by {growth / 2**30:.1f} GiB, more than "
+                         f"the device has free; set policy.decode_budget to evict while decoding")
+
+
 def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates: dict | None = None,
              context: CompressedContext | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
              top_p: float = 1.0, stop_tokens: Any = None, seed: int = 0) -> list[list[int]]:
@@ -104,6 +120,7 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates:
     budget = policy.decode_budget
     bucket = decode_bucket(max_new_tokens)
     room = bucket if budget is None else policy.decode_block
+    _check_room(model, context, tokens.shape[1] + room, max_new_tokens)
     context, _ = append(model, context, tokens, lengths, policy, gates, room=room, min_filled=budget or 0)
     out, _ = model.run(
         decode_loop, model.params, gates, context.cache, context.last_logits, context.seen, jax.random.key(seed),

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gatekv_jax.engine.inputs import check_tokens, padded_positions
 from gatekv_jax.kv.cache import KVCache
@@ -25,11 +26,36 @@ def _apply(params: dict, tokens: jax.Array, positions: jax.Array, cache: KVCache
 def apply_model(model: Model, tokens: Any, positions: Any, cache: KVCache | None = None):
     """One jitted model call: `(logits [B, T, V] float32, cache)`; the `cache` argument is donated.
 
-    tokens [B, T] int; positions [B, T] int (-1 = padding, which takes no slot). Tokens past the
-    cache's capacity are dropped: size the cache for everything you append.
+    tokens [B, T] int; positions [B, T] int (-1 = padding, which takes no slot). Checked on the
+    host first: ids within the vocabulary, matching shapes, the cache's batch and layer count, and
+    room in every layer for the new tokens. Not checked (it would read the whole cache back):
+    that positions are new, i.e. past those already stored in each row.
     """
-    return model.run(_apply, model.params, tokens, positions, cache, config=model.config,
-                     dtype=jnp.dtype(model.dtype))
+    array = check_tokens(tokens, model.config.vocab_size)
+    where = np.asarray(positions)
+    if where.shape != array.shape or not np.issubdtype(where.dtype, np.integer) or (where < -1).any():
+        raise ValueError(f"positions must be integers >= -1 shaped like tokens {array.shape}, got "
+                         f"{where.dtype} {where.shape}")
+    if cache is not None:
+        _check_room(cache, model.config.num_layers, (where >= 0).sum(axis=1))
+    return model.run(_apply, model.params, jnp.asarray(array), jnp.asarray(where, jnp.int32), cache,
+                     config=model.config, dtype=jnp.dtype(model.dtype))
+
+
+def _check_room(cache: KVCache, num_layers: int, new_tokens: np.ndarray) -> None:
+    """Raise unless the cache has the tokens' batch and room for `new_tokens` [B] in every layer."""
+    if len(cache.layers) != num_layers:
+        raise ValueError(f"cache has {len(cache.layers)} layers, the model {num_layers}")
+    batch = cache.layers[0].lengths.shape[0]
+    if batch != new_tokens.shape[0]:
+        raise ValueError(f"tokens have {new_tokens.shape[0]} rows, the cache {batch}")
+    for i, layer in enumerate(cache.layers):
+        filled = np.asarray(layer.lengths).max(axis=1)  # [B] a few ints per layer
+        over = filled + new_tokens > layer.capacity
+        if over.any():
+            row = int(np.argmax(over))
+            raise ValueError(f"layer {i} holds {int(filled[row])} of {layer.capacity} slots in row {row}; "
+                             f"{int(new_tokens[row])} more tokens do not fit (make a larger cache, or evict first)")
 
 
 def forward(model: Model, tokens: Any, lengths: Any = None) -> jax.Array:
@@ -38,6 +64,5 @@ def forward(model: Model, tokens: Any, lengths: Any = None) -> jax.Array:
     `lengths` [B] marks right padding for rows shorter than T; logits at padded positions are undefined.
     """
     array = check_tokens(tokens, model.config.vocab_size)
-    positions = padded_positions(*array.shape, lengths)
-    logits, _ = apply_model(model, jnp.asarray(array), jnp.asarray(positions))
+    logits, _ = apply_model(model, array, padded_positions(*array.shape, lengths))
     return logits

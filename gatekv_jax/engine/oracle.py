@@ -60,10 +60,13 @@ def oracle_prefill(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
         memo.bind(model)
     bucket = plan.context_bucket(policy, int(lengths.max()))
     full = dataclasses.replace(policy, scorer="full", ratio=None, budget=None, max_context=bucket)
-    allocation = plan.allocation(config, policy, bucket)
     p = prefix_length
+    protect_before = max(policy.sink, p)
+    keeps = [plan.protected_keep(policy, int(n), protect_before, policy.protected_window(int(n))) for n in lengths]
+    min_keep = plan.bucket_keep(policy, bucket, protect_before)
+    allocation = plan.allocation(config, policy, bucket, min_keep)
     rows = []
-    for row, n in zip(tokens, lengths):
+    for row, n, keep in zip(tokens, lengths, keeps):
         key = (full, p, prompts, row[:n].tobytes())
         if memo is not None and key in memo.entries:
             context, scores = memo.entries[key]
@@ -73,15 +76,18 @@ def oracle_prefill(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
             # A protected prefix in the row is the teacher's prefix; otherwise the chat prefix is prepended.
             row_prompts = dataclasses.replace(prompts, prefix=tuple(int(t) for t in row[:p])) if p else prompts
             scores, _ = teacher_scores(model, row[None, p:n], row_prompts)  # [1, Lg, K, n - p]
+            if not np.isfinite(np.asarray(scores)).all():
+                raise FloatingPointError("non-finite KVzip teacher scores: the model's activations overflow "
+                                         "(float16? use bfloat16 or float32)")
             if memo is not None:
                 memo.entries[key] = (jax.tree.map(jnp.copy, context), scores)
         layers = list(context.cache.layers)
         for g, i in enumerate(config.full_attention_layers):
             layers[i] = layers[i].replace(scores=layers[i].scores.at[:, :, p:n].set(jnp.asarray(scores[:, g])))
         cache = _evict_once(
-            KVCache(layers=tuple(layers)), np.array([policy.keep_count(int(n))], np.int32),
-            np.array([max(policy.sink, prefix_length)], np.int32),
+            KVCache(layers=tuple(layers)), np.array([keep], np.int32), np.array([protect_before], np.int32),
             np.array([policy.protected_window(int(n))], np.int32), config=config, allocation=allocation)
-        rows.append(CompressedContext(cache=shrink_cache(cache, plan.final_capacities(config, policy, bucket)),
-                                      seen=context.seen, last_logits=context.last_logits))
+        final = plan.final_capacities(config, policy, bucket, min_keep)
+        rows.append(CompressedContext(cache=shrink_cache(cache, final), seen=context.seen,
+                                      last_logits=context.last_logits))
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *rows)

@@ -28,9 +28,10 @@ def context_bucket(policy: EvictionPolicy, longest: int) -> int:
     return policy.chunk_size * (1 << (chunks - 1).bit_length())
 
 
-def prefill_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> list[int]:
-    """Slots per layer while prefilling: the budget plus one chunk (sliding layers: window + chunk)."""
-    keep = policy.keep_count(bucket)
+def prefill_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int, min_keep: int = 0) -> list[int]:
+    """Slots per layer while prefilling: the budget (at least `min_keep`, the protected tokens) plus
+    one chunk (sliding layers: window + chunk)."""
+    keep = max(policy.keep_count(bucket), min_keep)
     if not policy.evicts:
         gated = bucket
     elif policy.level == "global":
@@ -41,10 +42,10 @@ def prefill_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int)
     return [sliding if config.is_sliding(i) else gated for i in range(config.num_layers)]
 
 
-def final_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> list[int]:
+def final_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int, min_keep: int = 0) -> list[int]:
     """Capacities a compressed context is stored with: the gated budget rounded up to SLOT_ALIGN
     slots (the chunk room is dropped), sliding layers exactly their window."""
-    capacities = prefill_capacities(config, policy, bucket)
+    capacities = prefill_capacities(config, policy, bucket, min_keep)
     if not policy.evicts:
         return capacities
     return [min(config.sliding_window, cap) if config.is_sliding(i)
@@ -52,12 +53,25 @@ def final_capacities(config: ModelConfig, policy: EvictionPolicy, bucket: int) -
             for i, cap in enumerate(capacities)]
 
 
-def allocation(config: ModelConfig, policy: EvictionPolicy, bucket: int) -> Allocation:
+def allocation(config: ModelConfig, policy: EvictionPolicy, bucket: int, min_keep: int = 0) -> Allocation:
     """The static allocation of the gated budget; "global" caps each head at its prefill buffer."""
     head_cap = None
     if policy.level == "global" and config.full_attention_layers:
-        head_cap = prefill_capacities(config, policy, bucket)[config.full_attention_layers[0]] - policy.chunk_size
+        capacities = prefill_capacities(config, policy, bucket, min_keep)
+        head_cap = capacities[config.full_attention_layers[0]] - policy.chunk_size
     return Allocation(level=policy.level, head_cap=head_cap, token_pool=policy.token_pool)
+
+
+def protected_keep(policy: EvictionPolicy, seen: int, protect_before: int, recent: int) -> int:
+    """Slots a head keeps after `seen` tokens: the policy's count, grown to hold the protected
+    tokens (the first `protect_before` and the `recent` newest) when they are more."""
+    return max(policy.keep_count(seen), min(seen, protect_before + recent))
+
+
+def bucket_keep(policy: EvictionPolicy, bucket: int, protect_before: int) -> int:
+    """The most slots any row of a bucket keeps (its capacity's budget): the windows grow with the
+    context, so no row up to `bucket` tokens protects more than a row of `bucket` tokens."""
+    return protected_keep(policy, bucket, protect_before, policy.protected_window(bucket))
 
 
 def scorer_spec(policy: EvictionPolicy) -> ScorerSpec:

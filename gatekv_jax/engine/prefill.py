@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from gatekv_jax.engine.chunks import prefill_chunks
 from gatekv_jax.engine.inputs import as_batch
 from gatekv_jax.engine.oracle import TeacherMemo, oracle_prefill
@@ -24,6 +26,15 @@ def gates_for(model: Model, policy: EvictionPolicy, gates: dict | None) -> dict 
     return gates
 
 
+def check_prefix(lengths: np.ndarray, prefix_length: int) -> None:
+    """Refuse a protected prefix that is not an int >= 0 or is longer than a context."""
+    if not isinstance(prefix_length, int) or isinstance(prefix_length, bool) or prefix_length < 0:
+        raise ValueError(f"prefix_length must be an int >= 0, got {prefix_length!r}")
+    if prefix_length > int(lengths.min()):
+        raise ValueError(f"prefix_length {prefix_length} is longer than the shortest context ({int(lengths.min())} "
+                         "tokens)")
+
+
 def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, *, gates: dict | None = None,
             prefix_length: int = 0, repeat_prompts: RepeatPrompts | None = None,
             teacher_memo: TeacherMemo | None = None) -> CompressedContext:
@@ -31,14 +42,14 @@ def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, *, gates:
 
     context_tokens: [B, T] ids or a list of rows of different lengths. After every chunk, each
     gated head keeps `policy.keep_count(tokens seen)` slots; the first `max(sink, prefix_length)`
-    tokens and the protected recent window are never evicted. The `kvzip` oracle needs the
+    tokens and the protected recent window are never evicted (a budget smaller than they are
+    grows to hold them). The `kvzip` oracle needs the
     teacher's prompts: `repeat_prompts`, or the model's own tokenizer; `teacher_memo` (one per
     model) lets it compute each context's teacher once, however many ratios or budgets evict it.
     """
     gates = gates_for(model, policy, gates)
     tokens, lengths = as_batch(context_tokens, model.config.vocab_size)
-    if prefix_length < 0:
-        raise ValueError(f"prefix_length must be >= 0, got {prefix_length}")
+    check_prefix(lengths, prefix_length)
     if policy.scorer == "kvzip":
         return oracle_prefill(model, tokens, lengths, policy, prefix_length, repeat_prompts, teacher_memo)
     return prefill_chunks(model, tokens, lengths, policy, gates, prefix_length)

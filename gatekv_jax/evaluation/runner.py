@@ -34,11 +34,11 @@ from gatekv_jax.engine.prefill import prefill
 from gatekv_jax.engine.scoring import continuation_log_probs
 from gatekv_jax.engine.teacher import RepeatPrompts
 from gatekv_jax.evaluation.tasks import SAMPLE_BUILDERS, TASK_METRIC, TASKS, Sample, copied_share, token_f1
-from gatekv_jax.kv.gate_files import load_gates, pretrained_gates
+from gatekv_jax.kv.gate_files import PRETRAINED, load_gates, pretrained_gates
 from gatekv_jax.kv.policy import SCORERS, EvictionPolicy
 from gatekv_jax.models.loading import Model, load_model, load_tokenizer
 from gatekv_jax.training import configs
-from gatekv_jax.utils.files import save_figure, write_json
+from gatekv_jax.utils.files import read_json, save_figure, write_json
 
 DEFAULT_CONFIG = "eval"
 
@@ -55,6 +55,38 @@ def policy_for(config, scorer: str, ratio: float) -> EvictionPolicy:
     return EvictionPolicy(scorer="full" if full else scorer, ratio=None if full else ratio, level=config.level,
                           token_pool=config.token_pool, chunk_size=config.chunk_size, window=config.window,
                           sink=config.sink, seed=config.seed)
+
+
+def check_config(config) -> tuple[list[str], list[str], list[float]]:
+    """Validate a whole evaluation config before anything loads; returns (scorers, tasks, ratios)."""
+    scorers = [s.strip() for s in str(config.scorers).split(",")]
+    unknown = [s for s in scorers if s not in SCORERS]
+    if unknown:
+        raise ValueError(f"unknown scorers {unknown}; choose from {SCORERS}")
+    tasks = [t.strip() for t in str(config.tasks).split(",")]
+    if [t for t in tasks if t not in TASKS]:
+        raise ValueError(f"unknown tasks {[t for t in tasks if t not in TASKS]}; choose from {TASKS}")
+    try:
+        ratios = sorted(float(r) for r in str(config.ratios).split(","))
+        depths = [float(d) for d in str(config.needle_depths).split(",")]
+    except ValueError as e:
+        raise ValueError(f"ratios and needle_depths are comma-separated numbers ({e})") from None
+    if not all(0.0 < r <= 1.0 for r in ratios):
+        raise ValueError(f"ratios must be in (0, 1], got {config.ratios!r}")
+    if not all(0.0 <= d <= 1.0 for d in depths):
+        raise ValueError(f"needle_depths must be in [0, 1], got {config.needle_depths!r}")
+    for name in ("context_length", "continuation_length", "recall_facts", "n_samples"):
+        value = config[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for scorer in scorers:
+        for ratio in ratios:
+            policy_for(config, scorer, ratio)  # every policy field, checked
+    if "gate" in scorers and config.gates == "packaged" and config.model not in PRETRAINED:
+        raise ValueError(f"no packaged gates for {config.model!r} (packaged: {sorted(PRETRAINED)}); set gates")
+    if "gate" in scorers and config.gates != "packaged" and not os.path.isfile(str(config.gates)):
+        raise ValueError(f"gates file {config.gates!r} does not exist")
+    return scorers, tasks, ratios
 
 
 def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], policy: EvictionPolicy, gates,
@@ -110,14 +142,7 @@ def evaluate(config) -> dict:
     """Run every (task, scorer, ratio) of an evaluation config (`configs/eval.py`); returns the
     results dict (also written to `<output>/results.json`)."""
     started = time.time()
-    scorers = [s.strip() for s in config.scorers.split(",")]
-    unknown = [s for s in scorers if s not in SCORERS]
-    if unknown:
-        raise ValueError(f"unknown scorers {unknown}; choose from {SCORERS}")
-    tasks = [t.strip() for t in config.tasks.split(",")]
-    if [t for t in tasks if t not in TASKS]:
-        raise ValueError(f"unknown tasks {[t for t in tasks if t not in TASKS]}; choose from {TASKS}")
-    ratios = sorted(float(r) for r in str(config.ratios).split(","))
+    scorers, tasks, ratios = check_config(config)
     model = load_model(config.model, dtype=config.dtype)
     tokenizer = load_tokenizer(config.model)
     gates = None
@@ -192,8 +217,7 @@ def _previous_run(config, path: str) -> tuple[dict[tuple, dict], dict[str, float
     finished run resumes where it stopped); a file written by a different config is refused."""
     if not os.path.isfile(path):
         return {}, {}
-    with open(path) as f:
-        previous = json.load(f)
+    previous = read_json(path)
     old, new = previous["header"]["config"], json.loads(json.dumps(config.to_dict()))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:

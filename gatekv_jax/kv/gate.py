@@ -78,3 +78,13 @@ def check_gates(gates: dict, config: ModelConfig) -> None:
             if key not in params or tuple(params[key].shape) != shape:
                 got = None if key not in params else tuple(params[key].shape)
                 raise ValueError(f"gate {name}/{key} has shape {got}, expected {shape}")
+    finite = _all_finite({name: {key: params[key] for key in GATE_TENSORS} for name, params in gates.items()})
+    if not bool(finite):  # one scalar to the host; name the culprit only on failure
+        bad = [f"{name}/{key}" for name, params in gates.items() for key in sorted(GATE_TENSORS)
+               if not np.isfinite(np.asarray(params[key])).all()]
+        raise ValueError(f"gates hold NaN or infinite values in {bad}")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]).all()

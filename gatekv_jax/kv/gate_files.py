@@ -38,12 +38,18 @@ def load_gates(path: str) -> dict:
     return gates
 
 
+OFFICIAL_TENSORS = frozenset({"q_proj.weight", "q_proj.bias", "k_proj.weight", "q_norm.weight", "k_norm.weight",
+                              "k_base", "b"})
+
+
 def import_official_gates(path: str, config: ModelConfig) -> dict:
     """Gates from the authors' released `.pt` (`q{G}_dim16_sink16.pt`: {"module": [state_dict per
     layer]}), read with `torch.load(weights_only=True)`; needs torch. Lists covering every layer
     are indexed by layer; lists covering only the gated layers are taken in order."""
     import torch
 
+    if not os.path.isfile(path):
+        raise ValueError(f"gates file {path!r} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
     layers = state["module"] if isinstance(state, dict) and "module" in state else state
     if not isinstance(layers, (list, tuple)):
@@ -59,8 +65,19 @@ def import_official_gates(path: str, config: ModelConfig) -> dict:
     D, K, G = config.hidden_size, config.num_kv_heads, config.num_groups
     gates = {}
     for layer, weights in chosen.items():
+        if not isinstance(weights, dict):
+            raise ValueError(f"{path!r}: layer {layer} is a {type(weights).__name__}, not a state dict")
+        missing = sorted(OFFICIAL_TENSORS - set(weights))
+        if missing:
+            raise ValueError(f"{path!r}: the gate of layer {layer} lacks {missing}")
         w = {name: tensor.detach().float().numpy() for name, tensor in weights.items()}
         E = w["q_norm.weight"].shape[0]
+        expected = {"q_proj.weight": (K * G * E, D), "q_proj.bias": (K * G * E,), "k_proj.weight": (K * E, D),
+                    "k_norm.weight": (E,)}
+        for name, shape in expected.items():
+            if w[name].shape != shape:
+                raise ValueError(f"{path!r}: layer {layer} {name} has shape {w[name].shape}, this model needs "
+                                 f"{shape} (hidden {D}, {K} KV heads x {G} queries): gates for another model?")
         gates[f"layer_{layer}"] = {
             "q_kernel": jnp.asarray(w["q_proj.weight"].T.reshape(D, K, G, E)),
             "q_bias": jnp.asarray(w["q_proj.bias"].reshape(K, G, E)),

@@ -7,12 +7,13 @@ rejects anything the Flax decoder does not implement with a ValueError naming th
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any
 
 import numpy as np
+
+from gatekv_jax.utils.files import read_json
 
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
@@ -175,8 +176,7 @@ def _as_transformers_config(config: Any):
             path = os.path.join(path, "config.json")
         if not os.path.isfile(path):
             raise ValueError(f"no config.json at {os.fspath(config)!r}")
-        with open(path) as f:
-            config = json.load(f)
+        config = read_json(path)
     if not isinstance(config, dict):
         raise ValueError(f"expected a transformers config, dict or path, got {type(config).__name__}")
     config = dict(config)

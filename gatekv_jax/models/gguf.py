@@ -38,7 +38,10 @@ _GLOBAL_NAME = re.compile(r"^(\w+)\.(weight|bias)$")
 def _reader(path: str):
     import gguf
 
-    return gguf.GGUFReader(path)
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError, struct errors, IndexError... on a bad file
+        raise ValueError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 
 def _field(reader, key: str, default: Any = None) -> Any:

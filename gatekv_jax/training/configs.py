@@ -64,25 +64,51 @@ def load_config(value: str, **overrides) -> config_dict.ConfigDict:
     return config
 
 
-def parse_config_flags(argv: list[str] | None, default: str, program: str) -> config_dict.ConfigDict:
-    """The config of a CLI's `--config=...` and `--config.<field>=...` arguments (default: the
-    packaged config `default`), parsed into a fresh flag set so `main(argv)` works from Python."""
-    import sys
-
+def _parse(args: list[str], default: str, program: str) -> config_dict.ConfigDict:
     from absl import flags
     from ml_collections import config_flags
 
-    args = [program] + with_resolved_config(list(sys.argv[1:] if argv is None else argv))
     values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file("config", resolve_config_path(default), "config file (configs/*.py)",
-                                             flag_values=values, sys_argv=args)
+                                             flag_values=values, sys_argv=[program] + args)
     try:
-        rest = values(args)
+        rest = values([program] + args)
     except flags.Error as e:
         raise SystemExit(f"{program}: {e}") from e
     if len(rest) > 1:
         raise SystemExit(f"{program}: unexpected arguments {rest[1:]}")
     return holder.value
+
+
+def _field(config, dotted: str):
+    for name in dotted.split("."):
+        if not isinstance(config, config_dict.ConfigDict) or name not in config:
+            return None
+        config = config[name]
+    return config
+
+
+def parse_config_flags(argv: list[str] | None, default: str, program: str) -> config_dict.ConfigDict:
+    """The config of a CLI's `--config=...` and `--config.<field>=...` arguments (default: the
+    packaged config `default`), parsed into a fresh flag set so `main(argv)` works from Python.
+    A list field takes comma-separated values: `--config.data.paths=a.txt,b.md`."""
+    import sys
+
+    args = with_resolved_config(list(sys.argv[1:] if argv is None else argv))
+    base = _parse([a for a in args if not a.startswith(CONFIG_ARGUMENT + ".")], default, program)
+    lists, others = {}, []
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        field = name[len(CONFIG_ARGUMENT) + 1:] if name.startswith(CONFIG_ARGUMENT + ".") else ""
+        if field and equals and isinstance(_field(base, field), (list, tuple)):
+            lists[field] = [item for item in value.split(",") if item]
+        else:
+            others.append(arg)
+    config = _parse(others, default, program)
+    for field, value in lists.items():
+        parent, _, name = field.rpartition(".")
+        (_field(config, parent) if parent else config)[name] = value
+    return config
 
 
 def training_config(model: str, workdir: str, *, dtype: str = "float32", source: str = "stdlib",
@@ -116,6 +142,28 @@ def training_config(model: str, workdir: str, *, dtype: str = "float32", source:
                                         checkpoint_every=checkpoint_every, seed=0))
     c.seed = 0
     return c
+
+
+def check_training_config(config: config_dict.ConfigDict) -> None:
+    """Refuse a training config's bad values before any model, data or feature work."""
+    for name in ("context_length", "teacher_chunk", "train_contexts", "heldout_contexts", "batch_size"):
+        value = config[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    per_context = config.tokens_per_context
+    if per_context is not None and (not isinstance(per_context, int) or not 1 <= per_context <= config.context_length):
+        raise ValueError(f"tokens_per_context must be None or an int in [1, context_length], got {per_context!r}")
+    if config.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {config.dtype!r}")
+    data = config.data
+    if data.source not in ("stdlib", "local", "fineweb-edu"):
+        raise ValueError(f"unknown data.source {data.source!r}; choose stdlib, local or fineweb-edu")
+    if not 0.0 < data.heldout_fraction < 1.0:
+        raise ValueError(f"data.heldout_fraction must be in (0, 1), got {data.heldout_fraction!r}")
+    if data.source == "local":
+        missing = [path for path in data.paths if not os.path.exists(path)]
+        if not data.paths or missing:
+            raise ValueError(f"data.source='local' needs existing data.paths; missing: {missing or 'none given'}")
 
 
 def paper_scale(model: str, workdir: str) -> config_dict.ConfigDict:

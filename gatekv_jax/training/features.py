@@ -4,14 +4,14 @@ Contexts go through the teacher in batches (one SPMD program over every process'
 context is one shard `<split>_<context index>`, written atomically by the one process holding
 its row as two .npy files, `<name>.inputs.npy` (float16 [Lg, m, D]) and `<name>.targets.npy`
 (float32 [Lg, K, m]). After every batch, process 0 records the batch's shards in `manifest.json`
-(atomically): the manifest is the single truth. A rerun skips every batch the manifest lists,
+(atomically): the manifest is the single truth. A rerun skips every batch the manifest lists
+whose shards are intact (both files load with the expected shapes; others are collected again),
 so a killed collection resumes, with any batch size or process count (shards are per context).
 Multi-process runs need a features folder every process can read and write.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable, Iterator
 
@@ -20,7 +20,7 @@ import numpy as np
 from gatekv_jax.engine.teacher import RepeatPrompts, teacher_features
 from gatekv_jax.models.loading import Model
 from gatekv_jax.utils.distributed import is_main_process, sync
-from gatekv_jax.utils.files import write_atomically, write_json
+from gatekv_jax.utils.files import read_json, write_atomically, write_json
 
 FLOAT16_MAX = 65504.0
 
@@ -34,11 +34,22 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 
 def read_manifest(folder: str) -> dict:
+    """The folder's manifest (empty when there is none); a file that is not valid JSON is named."""
     path = os.path.join(folder, "manifest.json")
     if not os.path.isfile(path):
         return {"settings": None, "shards": {}}
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
+
+
+def shard_is_intact(folder: str, name: str, info: dict) -> bool:
+    """Both files of a listed shard load (headers and sizes) with the shapes the manifest implies."""
+    try:
+        inputs = np.load(os.path.join(folder, f"{name}.inputs.npy"), mmap_mode="r")
+        targets = np.load(os.path.join(folder, f"{name}.targets.npy"), mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return (inputs.ndim == 3 and targets.ndim == 3 and inputs.shape[0] == targets.shape[0]
+            and inputs.shape[1] == targets.shape[2] == info["tokens"])
 
 
 def _batches(contexts: Iterable[tuple[list[str], np.ndarray]], batch_size: int,
@@ -76,7 +87,8 @@ def collect_features(model: Model, prompts: RepeatPrompts, contexts: Iterable[tu
     manifest["settings"] = settings
     for first, docs, tokens in _batches(contexts, batch_size, max_contexts):
         names = [f"{split}_{first + row:05d}" for row in range(len(tokens))]
-        if all(name in manifest["shards"] for name in names):
+        if all(name in manifest["shards"] and shard_is_intact(folder, name, manifest["shards"][name])
+               for name in names):  # a deleted or truncated shard is collected again
             if progress is not None:
                 progress.update(len(tokens))
             continue

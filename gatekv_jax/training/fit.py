@@ -13,6 +13,7 @@ in the checkpoints, and process 0 alone writes the history.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable
 
@@ -25,7 +26,7 @@ from jax.sharding import Mesh
 from gatekv_jax.kv.gate import gate_scores
 from gatekv_jax.training.features import read_manifest
 from gatekv_jax.utils.distributed import global_array, is_main_process
-from gatekv_jax.utils.files import write_json
+from gatekv_jax.utils.files import read_json, write_json
 
 ACCURACY_THRESHOLD = 0.05
 EPS = 1e-6
@@ -67,6 +68,7 @@ class FeatureSplit:
         shards = sorted(name for name, info in read_manifest(folder)["shards"].items() if info["split"] == split)
         if not shards:
             raise ValueError(f"no {split} features in {folder}")
+        self.paths = [os.path.join(folder, f"{s}.*.npy") for s in shards]
         self.inputs = [np.load(os.path.join(folder, f"{s}.inputs.npy"), mmap_mode="r") for s in shards]
         self.targets = [np.load(os.path.join(folder, f"{s}.targets.npy"), mmap_mode="r") for s in shards]
         self.offsets = np.cumsum([0] + [x.shape[1] for x in self.inputs])
@@ -83,6 +85,9 @@ class FeatureSplit:
             local = np.sort(indices[shard == s] - self.offsets[s])
             inputs.append(np.asarray(self.inputs[s][:, local], np.float32))
             targets.append(np.asarray(self.targets[s][:, :, local], np.float32))
+            if not (np.isfinite(inputs[-1]).all() and np.isfinite(targets[-1]).all()):
+                raise ValueError(f"features {self.paths[s]} hold NaN or infinite values: delete the shard's files "
+                                 "and rerun to collect them again")
         return np.concatenate(inputs, axis=1), np.concatenate(targets, axis=2)
 
 
@@ -116,6 +121,19 @@ def learning_rate_schedule(settings: FitSettings) -> optax.Schedule:
 def _batch_indices(settings: FitSettings, step: int, num_tokens: int) -> np.ndarray:
     rng = np.random.default_rng([settings.seed, step])
     return rng.choice(num_tokens, size=min(settings.batch_tokens, num_tokens), replace=False)
+
+
+def _check_same_run(path: str, identity: dict) -> None:
+    """Refuse to resume checkpoints whose recorded fit settings, layers or features differ."""
+    recorded = read_json(path) if os.path.isfile(path) else None
+    if recorded != identity:
+        if recorded is None:
+            differ = "no record of the settings they were made with"
+        else:
+            differ = "; ".join(f"{part}: {recorded.get(part)} then, {identity[part]} now" for part in identity
+                               if recorded.get(part) != identity[part])
+        raise ValueError(f"the checkpoints beside {path} come from another run ({differ}); use another workdir, "
+                         "or delete its checkpoints folder to start the fit again")
 
 
 def fit_gates(initial_gates: dict, layers: tuple[int, ...], features_folder: str, workdir: str,
@@ -155,15 +173,18 @@ def fit_gates(initial_gates: dict, layers: tuple[int, ...], features_folder: str
     manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                     options=ocp.CheckpointManagerOptions(max_to_keep=2))
     history_path = os.path.join(workdir, "history.json")
+    identity = json.loads(json.dumps({"fit": dataclasses.asdict(settings), "layers": list(layers),
+                                      "features": read_manifest(features_folder)["settings"]}))
+    identity_path = os.path.join(workdir, "fit_settings.json")
     start, history = 0, []
     if manager.latest_step() is not None:
+        _check_same_run(identity_path, identity)
         start = manager.latest_step()
         state = manager.restore(start, args=ocp.args.StandardRestore(state))
         if os.path.isfile(history_path):
-            import json
-
-            with open(history_path) as f:
-                history = [record for record in json.load(f) if record["step"] <= start]
+            history = [record for record in read_json(history_path) if record["step"] <= start]
+    elif is_main_process():  # a new fit: its checkpoints carry what made them
+        write_json(identity_path, identity)
 
     def record(step, params):
         loss, accuracy = evaluate(params, eval_inputs, eval_targets)

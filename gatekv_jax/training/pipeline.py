@@ -17,6 +17,7 @@ from gatekv_jax.kv.gate import init_gates
 from gatekv_jax.kv.gate_files import save_gates
 from gatekv_jax.models.loading import load_model, load_tokenizer
 from gatekv_jax.training import data
+from gatekv_jax.training.configs import check_training_config
 from gatekv_jax.training.features import collect_features
 from gatekv_jax.training.fit import FitSettings, fit_gates
 from gatekv_jax.utils.distributed import initialize, is_main_process
@@ -57,6 +58,7 @@ def train_gates(config) -> dict:
     Multi-process runs (`config.distributed`) start every process with the same config and a
     workdir they all share; process 0 writes the outputs."""
     fit_settings = FitSettings(**config.fit.to_dict())  # checked before any work
+    check_training_config(config)
     initialize(**config.distributed.to_dict())
     workdir = config.workdir
     os.makedirs(workdir, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Atomic file writes: a long job killed at any moment never leaves a half-written file."""
+"""Atomic file writes (a long job killed at any moment never leaves a half-written file) and checked JSON reads."""
 
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ def write_json(path: str, value: Any) -> None:
             json.dump(value, f, indent=1)
 
     write_atomically(path, write)
+
+
+def read_json(path: str) -> Any:
+    """A JSON file's value; a missing, truncated or non-JSON file is a ValueError naming it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is truncated or not JSON ({e})") from e
 
 
 def save_figure(figure, path: str) -> None:

@@ -29,7 +29,8 @@ def user_prefill(model, policy, gates, tokens, lengths, traces):
     for start in range(0, tokens.shape[1], CHUNK):
         positions = np.arange(start, start + CHUNK)[None, :].repeat(len(tokens), 0)
         positions = np.where(positions < lengths[:, None], positions, -1).astype(np.int32)
-        keep = np.array([policy.keep_count(int(min(n, start + CHUNK))) for n in lengths], np.int32)
+        seen = [int(min(n, start + CHUNK)) for n in lengths]  # never fewer than the protected tokens (engine rule)
+        keep = np.array([plan.protected_keep(policy, s, policy.sink, int(r)) for s, r in zip(seen, recent)], np.int32)
         _, cache = step(model.params, gates, cache, jnp.asarray(tokens[:, start:start + CHUNK]), positions, keep,
                         recent)
     return cache
