@@ -28,8 +28,9 @@ def apply_model(model: Model, tokens: Any, positions: Any, cache: KVCache | None
 
     tokens [B, T] int; positions [B, T] int (-1 = padding, which takes no slot). Checked on the
     host first: ids within the vocabulary, matching shapes, the cache's batch and layer count, and
-    room in every layer for the new tokens. Not checked (it would read the whole cache back):
-    that positions are new, i.e. past those already stored in each row.
+    room in every layer for the new tokens; after the call, that the real tokens' logits are
+    finite. Not checked (it would read the whole cache back): that positions are new, i.e. past
+    those already stored in each row.
     """
     array = check_tokens(tokens, model.config.vocab_size)
     where = np.asarray(positions)
@@ -38,8 +39,18 @@ def apply_model(model: Model, tokens: Any, positions: Any, cache: KVCache | None
                          f"{where.dtype} {where.shape}")
     if cache is not None:
         _check_room(cache, model.config.num_layers, (where >= 0).sum(axis=1))
-    return model.run(_apply, model.params, jnp.asarray(array), jnp.asarray(where, jnp.int32), cache,
-                     config=model.config, dtype=jnp.dtype(model.dtype))
+    logits, cache = model.run(_apply, model.params, jnp.asarray(array), jnp.asarray(where, jnp.int32), cache,
+                              config=model.config, dtype=jnp.dtype(model.dtype))
+    if not bool(_finite_where(logits, jnp.asarray(where >= 0))):
+        raise FloatingPointError("non-finite logits: the model's activations overflow (float16? use bfloat16 or "
+                                 "float32), or its parameters hold NaN/inf")
+    return logits, cache
+
+
+@jax.jit
+def _finite_where(logits: jax.Array, real: jax.Array) -> jax.Array:
+    """Whether every logit [B, T, V] of a real token (real [B, T]) is finite; padding is not checked."""
+    return (jnp.isfinite(logits).all(axis=-1) | ~real).all()
 
 
 def _check_room(cache: KVCache, num_layers: int, new_tokens: np.ndarray) -> None:

@@ -11,6 +11,7 @@ import os
 import time
 
 import jax
+import numpy as np
 
 from gatekv_jax.engine.teacher import RepeatPrompts
 from gatekv_jax.kv.gate import init_gates
@@ -99,6 +100,10 @@ def train_gates(config) -> dict:
         gates, history = fit_gates(init_gates(model.config, seed=config.seed), layers, features, workdir,
                                    fit_settings, on_step=lambda step: bar.update(step - bar.n), mesh=mesh)
     times["fit_seconds"] = time.time() - start
+    if not np.isfinite(history[-1]["heldout_loss"]).all() or not all(
+            np.isfinite(value).all() for params in gates.values() for value in params.values()):
+        raise FloatingPointError(f"the fit diverged (non-finite gates or held-out loss {history[-1]['heldout_loss']}); "
+                                 f"lower fit.learning_rate ({fit_settings.learning_rate})")
 
     first, last = history[0], history[-1]
     summary = {

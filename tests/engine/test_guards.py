@@ -112,3 +112,13 @@ def test_generate_names_a_max_new_tokens_past_the_largest_position(model):
     policy = gk.EvictionPolicy(scorer="streaming", ratio=0.5, chunk_size=8)
     with pytest.raises(ValueError, match="passes the largest position"):
         gk.generate(model, TOKENS, policy, max_new_tokens=2**31 - 8)
+
+
+def test_forward_and_apply_model_refuse_non_finite_logits(model):
+    params = dict(model.params)
+    params["embed_tokens"] = params["embed_tokens"].at[TOKENS[0, 3]].set(jnp.inf)
+    broken = gk.Model(config=model.config, params=params)
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        gk.forward(broken, TOKENS)
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        gk.apply_model(broken, TOKENS[:, :8], np.arange(8)[None], gk.init_cache(model.config, 1, 8))

@@ -76,3 +76,9 @@ def test_a_truncated_manifest_is_named(trained, tmp_path):
     manifest.write_text(manifest.read_text()[:40])
     with pytest.raises(ValueError, match=r"manifest\.json is truncated or not JSON"):
         gk.train_gates(tiny_config(workdir))
+
+
+def test_a_diverged_fit_is_an_error_not_gates(tmp_path):
+    with pytest.raises(FloatingPointError, match="the fit diverged"):
+        gk.train_gates(tiny_config(tmp_path / "run", learning_rate=1e38))
+    assert not (tmp_path / "run" / "gates.safetensors").exists()
