@@ -156,8 +156,13 @@ def teacher_features(model: Model, context: Any, prompts: RepeatPrompts, chunk: 
                                 np.int32(low), np.int32(high), **static)  # [Lg, B, K, S]
         for row, value in owned_rows(slot_scores, axis=1).items():
             scores[row].append(np.asarray(value[:, :, low:high], np.float32))
-    return {row: (np.concatenate(scores[row], axis=2), np.concatenate(inputs[row], axis=1)[:, P:])
-            for row in sorted(inputs)}
+    features = {row: (np.concatenate(scores[row], axis=2), np.concatenate(inputs[row], axis=1)[:, P:])
+                for row in sorted(inputs)}
+    for row, (row_scores, row_inputs) in features.items():
+        if not (np.isfinite(row_scores).all() and np.isfinite(row_inputs).all()):
+            raise FloatingPointError(f"non-finite teacher scores or attention inputs in row {row}: the model's "
+                                     "activations overflow (float16? use bfloat16 or float32)")
+    return features
 
 
 def teacher_scores(model: Model, context: Any, prompts: RepeatPrompts, chunk: int = TEACHER_CHUNK,

@@ -122,3 +122,11 @@ def test_forward_and_apply_model_refuse_non_finite_logits(model):
         gk.forward(broken, TOKENS)
     with pytest.raises(FloatingPointError, match="non-finite logits"):
         gk.apply_model(broken, TOKENS[:, :8], np.arange(8)[None], gk.init_cache(model.config, 1, 8))
+
+
+def test_the_teacher_refuses_non_finite_scores(model):
+    params = dict(model.params)
+    params["embed_tokens"] = params["embed_tokens"].at[TOKENS[0, 3]].set(jnp.inf)
+    broken = gk.Model(config=model.config, params=params)
+    with pytest.raises(FloatingPointError, match="non-finite teacher scores"):
+        gk.teacher_scores(broken, TOKENS, PROMPTS, chunk=16)
