@@ -75,7 +75,7 @@ def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Ar
     return replicated(out), cache  # every process reads the tokens
 
 
-def _check_room(model: Model, context: CompressedContext, new_slots: int, max_new_tokens: int) -> None:
+def _check_generation_room(model: Model, context: CompressedContext, new_slots: int, max_new_tokens: int) -> None:
     """Refuse, before allocating, a generation whose positions leave int32 or whose cache growth
     (`new_slots` per gated head) exceeds the device memory a backend reports (TPU, GPU)."""
     last = int(np.asarray(context.seen).max()) + new_slots
@@ -120,7 +120,7 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates:
     budget = policy.decode_budget
     bucket = decode_bucket(max_new_tokens)
     room = bucket if budget is None else policy.decode_block
-    _check_room(model, context, tokens.shape[1] + room, max_new_tokens)
+    _check_generation_room(model, context, tokens.shape[1] + room, max_new_tokens)
     context, _ = append(model, context, tokens, lengths, policy, gates, room=room, min_filled=budget or 0)
     out, _ = model.run(
         decode_loop, model.params, gates, context.cache, context.last_logits, context.seen, jax.random.key(seed),
