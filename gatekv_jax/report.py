@@ -1,17 +1,18 @@
-"""`python -m gatekv_jax.report results.json [...]`: markdown tables of evaluation results.
+"""`python -m gatekv_jax.report results.json [...]`: markdown tables of evaluation or benchmark results.
 
-One table per (context length, level, task, metric), scorers in rows and ratios in columns;
-`gatekv_jax.evaluation.report.markdown_tables` does the work.
+Evaluation results (results.json): one table per (context length, level, task, metric), scorers in
+rows and ratios in columns (`gatekv_jax.evaluation.report.markdown_tables`). Benchmark results
+(bench.json from `python -m gatekv_jax.bench`): its speed tables (`bench_tables`).
 """
 
 from __future__ import annotations
 
 import sys
 
-from gatekv_jax.evaluation.report import markdown_tables
+from gatekv_jax.evaluation.report import bench_tables, markdown_tables
 from gatekv_jax.utils.files import read_json
 
-USAGE = "usage: python -m gatekv_jax.report results.json [more results.json ...]"
+USAGE = "usage: python -m gatekv_jax.report results.json|bench.json [more ...]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(e, file=sys.stderr)
             return 2
-        if not results[-1].get("records"):
-            print(f"{path} holds no evaluation records", file=sys.stderr)
+        if not isinstance(results[-1], dict) or not (results[-1].get("records") or "prefill" in results[-1]):
+            print(f"{path} holds no evaluation records or benchmark results", file=sys.stderr)
             return 2
-    print(markdown_tables(*results))
+    benches = [r for r in results if "prefill" in r]
+    evaluations = [r for r in results if "prefill" not in r]
+    print("\n\n".join([bench_tables(r) for r in benches] + ([markdown_tables(*evaluations)] if evaluations else [])))
     return 0
 
 

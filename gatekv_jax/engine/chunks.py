@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatekv_jax.engine import plan
-from gatekv_jax.engine.inputs import chunk_layout, round_up
+from gatekv_jax.engine.inputs import chunk_layout
 from gatekv_jax.kv.cache import CompressedContext, KVCache, grow_cache, init_cache, shrink_cache
 from gatekv_jax.kv.eviction import PER_HEAD, Allocation, evict
 from gatekv_jax.kv.policy import EvictionPolicy
@@ -134,11 +134,8 @@ def append(model: Model, context: CompressedContext, tokens: np.ndarray, lengths
     seen = np.asarray(context.seen)
     padded, positions = chunk_layout(tokens, lengths, chunk, start=seen)
     filled = [int(layer.lengths.max()) for layer in context.cache.layers]
-    sliding_capacity = (config.sliding_window or 0) + max(policy.chunk_size, policy.decode_block)
-    capacities = [max(cap, sliding_capacity) if config.is_sliding(i)  # sizes in whole chunks: fewer compiles
-                  else round_up(max(filled[i] + padded.shape[1], min_filled) + room, policy.chunk_size)
-                  for i, cap in enumerate(context.cache.capacities)]
-    cache = grow_cache(context.cache, capacities)
+    cache = grow_cache(context.cache, plan.append_capacities(config, policy, context.cache.capacities, filled,
+                                                            padded.shape[1], room, min_filled))
     targets = np.full_like(padded, -1)
     targets[:, :-1] = np.where(positions[:, 1:] >= 0, padded[:, 1:], -1)
     static = dict(config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy), allocation=PER_HEAD,

@@ -36,6 +36,12 @@ def decode_bucket(max_new_tokens: int) -> int:
     return max(MIN_DECODE_BUCKET, 1 << (max_new_tokens - 1).bit_length())
 
 
+def decode_room(policy: EvictionPolicy, max_new_tokens: int) -> int:
+    """Slots gated layers get beyond the context (and prompt) to decode in: the bucket, or one
+    `decode_block` when the policy evicts while decoding."""
+    return decode_bucket(max_new_tokens) if policy.decode_budget is None else policy.decode_block
+
+
 @functools.partial(jax.jit, donate_argnames=("cache",),
                    static_argnames=("config", "dtype", "spec", "sampling", "evict_gated", "bucket"))
 def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Array, next_positions: jax.Array,
@@ -119,7 +125,7 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates:
         tokens, lengths = as_batch(prompt_tokens, config.vocab_size)
     budget = policy.decode_budget
     bucket = decode_bucket(max_new_tokens)
-    room = bucket if budget is None else policy.decode_block
+    room = decode_room(policy, max_new_tokens)
     _check_generation_room(model, context, tokens.shape[1] + room, max_new_tokens)
     context, _ = append(model, context, tokens, lengths, policy, gates, room=room, min_filled=budget or 0)
     out, _ = model.run(

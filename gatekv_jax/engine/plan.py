@@ -8,6 +8,7 @@ policy, so any prompt length within a bucket reuses one compiled step.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 from gatekv_jax.engine.inputs import round_up
 from gatekv_jax.kv.eviction import Allocation
@@ -60,6 +61,17 @@ def allocation(config: ModelConfig, policy: EvictionPolicy, bucket: int, min_kee
         capacities = prefill_capacities(config, policy, bucket, min_keep)
         head_cap = capacities[config.full_attention_layers[0]] - policy.chunk_size
     return Allocation(level=policy.level, head_cap=head_cap, token_pool=policy.token_pool)
+
+
+def append_capacities(config: ModelConfig, policy: EvictionPolicy, capacities: Sequence[int], filled: Sequence[int],
+                      tokens: int, room: int = 0, min_filled: int = 0) -> list[int]:
+    """Slots per layer of a context (`capacities`, `filled` slots) grown for an append of `tokens`
+    (padded length) and `room` more slots after max(filled + tokens, min_filled): gated layers in
+    whole chunks (fewer compile keys); sliding layers hold their window + a chunk or decode block."""
+    sliding = (config.sliding_window or 0) + max(policy.chunk_size, policy.decode_block)
+    return [max(capacity, sliding) if config.is_sliding(i)
+            else round_up(max(filled[i] + tokens, min_filled) + room, policy.chunk_size)
+            for i, capacity in enumerate(capacities)]
 
 
 def protected_keep(policy: EvictionPolicy, seen: int, protect_before: int, recent: int) -> int:

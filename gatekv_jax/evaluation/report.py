@@ -52,3 +52,72 @@ def markdown_tables(*results: dict) -> str:
                 out.append(f"| {scorer} | " + " | ".join(cells) + " |")
             out.append("")
     return "\n".join(out)
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f}"
+
+
+def _row(rows: list[dict], engine: str, policy: str, context: int) -> dict | None:
+    return next((r for r in rows if r["engine"] == engine and r["policy"] == policy and r["context"] == context), None)
+
+
+def bench_tables(results: dict) -> str:
+    """Markdown tables of a benchmark's results dict (as written to bench.json)."""
+    env, model, config = results["environment"], results["model"], results["config"]
+    bandwidth = results["bandwidth_bytes_per_s"]
+    peers = sorted({r["engine"] for r in results["prefill"]} - {"gatekv_jax"})
+    first_peer = next((p for p in peers if p.endswith("sdpa")), peers[0] if peers else None)
+    ratio = f"gate {config['ratio']:.0%}"
+    out = [f"{model['name']} ({model['dtype']}, {model['params_bytes'] / 1e9:.2f} GB of weights) on "
+           f"{env['device_kind']} ({env['platform']}, {env.get('cpu_count')} CPUs); memory bandwidth "
+           f"{bandwidth / 1e9:.1f} GB/s; tokens/s, best of {config['repeats']}", ""]
+    for title, key in (("prefill", "prefill"), ("decode (greedy, after a context of)", "decode")):
+        rows = results[key]
+        contexts = sorted({r["context"] for r in rows})
+        header = ["context", "ours full", f"ours {ratio}"] + peers
+        if first_peer:
+            header.append(f"ours full / {first_peer.split('-')[-1]}")
+        if key == "decode":
+            header += ["bandwidth limit", "ours full / limit"]
+        out += [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for context in contexts:
+            full, gate = _row(rows, "gatekv_jax", "full", context), _row(rows, "gatekv_jax", "gate", context)
+            cells = [f"{context:,}", f"{full['tokens_per_s']:,.1f}", f"{gate['tokens_per_s']:,.1f}"]
+            cells += [f"{_row(rows, p, 'full', context)['tokens_per_s']:,.1f}" for p in peers]
+            if first_peer:
+                cells.append(f"{full['tokens_per_s'] / _row(rows, first_peer, 'full', context)['tokens_per_s']:.2f}x")
+            if key == "decode":
+                limit = bandwidth / full["bytes_per_step"]
+                cells += [f"{limit:,.1f}", f"{full['tokens_per_s'] / limit:.0%}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    cost = results["gate_cost"]
+    scale = results["scale"]
+    compiles = sum(r.get("compiles_after_warmup", 0) for r in results["prefill"] + results["decode"]
+                   + (scale["rows"] if scale else []))
+    out += [f"Gate's own cost at {cost['context']:,} tokens (gate at ratio 1.0 against the full cache): prefill "
+            f"{cost['prefill']:+.1%}, decode step {cost['decode']:+.1%}. Compiles after warm-up: {compiles}.", ""]
+    out += ["**KV cache (MiB)**", "", "| context | full | " + f"{ratio} allocated | {ratio} kept | "
+            "chunked prefill peak, full | chunked prefill peak, gate |", "|" + " --- |" * 6]
+    for context in sorted({r["context"] for r in results["prefill"]}):
+        full, gate = _row(results["prefill"], "gatekv_jax", "full", context), \
+            _row(results["prefill"], "gatekv_jax", "gate", context)
+        out.append(f"| {context:,} | {_mib(full['allocated_kv_bytes'])} | {_mib(gate['allocated_kv_bytes'])} | "
+                   f"{_mib(gate['kept_kv_bytes'])} | {_mib(full['prefill_peak_kv_bytes'])} | "
+                   f"{_mib(gate['prefill_peak_kv_bytes'])} |")
+    out += [] if scale is None else [
+        "", f"**scale: {scale['model']} ({scale['params_bytes'] / 1e9:.2f} GB of weights), decode over caches "
+        "filled directly**", "",
+        "| cache | policy | kept tokens | decode tokens/s | GB read per step | bandwidth limit | measured / limit "
+        "| gate / full | chunked prefill peak KV (MiB) |", "|" + " --- |" * 9]
+    for row in scale["rows"] if scale else []:
+        full = next(r for r in scale["rows"] if r["context"] == row["context"] and r["policy"] == "full")
+        limit = bandwidth / row["bytes_per_step"]
+        speedup = "" if row["policy"] == "full" else f"{row['tokens_per_s'] / full['tokens_per_s']:.2f}x"
+        out.append(f"| {row['context']:,} | {row['policy']} | {row['kept_tokens']:,} | {row['tokens_per_s']:,.2f} | "
+                   f"{row['bytes_per_step'] / 1e9:.2f} | {limit:,.2f} | {row['tokens_per_s'] / limit:.0%} | "
+                   f"{speedup} | {_mib(row['prefill_peak_kv_bytes'])} |")
+    out += ["", f"Peak host memory {_mib(results['peak_host_bytes'])} MiB; peak device memory "
+            f"{_mib(results['peak_device_bytes'])} MiB; {results['seconds']:.0f} s in all."]
+    return "\n".join(out)

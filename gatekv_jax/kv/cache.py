@@ -58,7 +58,12 @@ class LayerCache:
         heads = jnp.arange(num_kv_heads)[None, :, None]  # [1, K, 1]
         token_positions = jnp.broadcast_to(positions[:, None, :], slots.shape).astype(jnp.int32)
 
+        if slots.size == 1:  # XLA makes a one-update scatter a dynamic-update-slice and copies the buffer for it
+            slots = jnp.concatenate([slots, jnp.full_like(slots, self.capacity)], axis=2)  # + a dropped update
+
         def scatter(buffer, new):
+            if new.shape[2] < slots.shape[2]:
+                new = jnp.concatenate([new, new], axis=2)
             return buffer.at[rows, heads, slots].set(new.astype(buffer.dtype), mode="drop")
 
         return LayerCache(

@@ -54,8 +54,9 @@ class Attention(nn.Module):
                              (K, H) if bias else None, ("kv_heads", "head_dim"), dtype=self.dtype)
         self.v_proj = Einsum("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"),
                              (K, H) if bias else None, ("kv_heads", "head_dim"), dtype=self.dtype)
-        self.o_proj = Einsum("BTNH,NHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"),
-                             (D,) if c.output_bias else None, ("embed",), dtype=self.dtype)
+        self.o_proj = Einsum("BKGTH,KGHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"),
+                             (D,) if c.output_bias else None, ("embed",), dtype=self.dtype,
+                             kernel_view=(K, N // K, H, D))
         if c.qk_norm:
             norm = dict(eps=c.rms_norm_eps, axis_name="head_dim", weight_offset=c.norm_weight_offset,
                         dtype=self.dtype)
@@ -92,7 +93,7 @@ class Attention(nn.Module):
         weights = attention_weights(queries, all_keys, mask, scale=c.query_scale)  # [B, K, G, T, S]
         if cache is not None and self.scorer is not None:
             cache = cache.replace(scores=self.scorer.updated_scores(sliding, cache.scores, weights, positions))
-        out = attend(weights, all_values)  # [B, T, N, H]
+        out = attend(weights, all_values)  # [B, K, G, T, H]
         return self.o_proj(out), cache  # [B, T, D]
 
 

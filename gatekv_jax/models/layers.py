@@ -30,11 +30,14 @@ class Einsum(nn.Module):
     bias_shape: Sequence[int] | None = None
     bias_axes: Sequence[str] | None = None
     dtype: Any = jnp.float32
+    kernel_view: Sequence[int] | None = None  # the kernel reshaped to this for the einsum (a free view)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), tuple(self.kernel_axes))
         kernel = self.param("kernel", init, tuple(self.kernel_shape), self.dtype)
+        if self.kernel_view is not None:
+            kernel = kernel.reshape(self.kernel_view)
         y = jnp.einsum(self.equation, x, kernel)
         if self.bias_shape is not None:
             bias_init = nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.bias_axes))
@@ -109,10 +112,11 @@ def attention_weights(queries: jax.Array, keys: jax.Array, mask: jax.Array, *, s
 
 
 def attend(weights: jax.Array, values: jax.Array) -> jax.Array:
-    """weights [B, K, G, T, S], values [B, K, S, H] -> outputs [B, T, N, H]."""
-    batch, num_kv_heads, groups, length, _ = weights.shape
-    out = jnp.einsum("BKGTS,BKSH->BTKGH", weights.astype(values.dtype), values)  # [B, T, K, G, H]
-    return out.reshape(batch, length, num_kv_heads * groups, values.shape[-1])
+    """weights [B, K, G, T, S], values [B, K, S, H] -> outputs [B, K, G, T, H].
+
+    The outputs stay in the dot's own axis order: the output projection contracts them as they are
+    ("BKGTH,KGHD->BTD"); a [B, T, N, H] layout made XLA transpose the projection's kernel every call."""
+    return jnp.einsum("BKGTS,BKSH->BKGTH", weights.astype(values.dtype), values)
 
 
 class MLP(nn.Module):
