@@ -16,7 +16,7 @@ def get_config(mode: str = "full"):
     c.prefill_lengths = "1024,2048,4096,8192"
     c.decode_contexts = "2048,8192"
     c.decode_tokens = "16,48"  # two generation lengths: the rate is their difference over the time difference
-    c.gate_cost_context = 2048  # where the gate at ratio 1.0 (every pair kept) is timed against the full cache
+    c.gate_cost_context = 2048  # cache size of the decoder steps timed with and without the gate's scores
     c.repeats = 2  # best of
     c.peer = "sdpa,eager"  # transformers attention implementations to time beside ours ("" = none; needs torch)
     # Long-context scale case: a shape whose KV cache dominates, caches filled directly (no prefill).

@@ -54,10 +54,8 @@ def check_bench_config(config) -> dict[str, Any]:
         raise ValueError(f"ratio must be in (0, 1), got {config.ratio!r}")
     if not isinstance(config.repeats, int) or config.repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {config.repeats!r}")
-    if config.gate_cost_context not in settings["prefill_lengths"] or \
-            config.gate_cost_context not in settings["decode_contexts"]:
-        raise ValueError(f"gate_cost_context {config.gate_cost_context} must be one of prefill_lengths and of "
-                         f"decode_contexts")
+    if not isinstance(config.gate_cost_context, int) or config.gate_cost_context <= 0:
+        raise ValueError(f"gate_cost_context must be a positive int, got {config.gate_cost_context!r}")
     peers = [p for p in str(config.peer).split(",") if p]
     if any(p not in ATTENTION for p in peers):
         raise ValueError(f"peer must be a comma-separated subset of {ATTENTION}, got {config.peer!r}")
@@ -120,11 +118,13 @@ def run_bench(config) -> dict[str, Any]:
                             gated_layers=len(model.config.full_attention_layers))
     n_short, n_long = settings["decode_tokens"]
 
+    _log("gate cost ...")
+    results["gate_cost"] = speed.gate_cost(model, gates, config.gate_cost_context, speed.policies(config.ratio)[
+        "gate"].chunk_size, config.repeats)
     _log("prefill ...")
-    prefill_rows = speed.bench_prefill(model, gates, settings["prefill_lengths"], config.ratio, config.repeats,
-                                       gate_cost_context=config.gate_cost_context)
+    prefill_rows = speed.bench_prefill(model, gates, settings["prefill_lengths"], config.ratio, config.repeats)
     decode_rows = speed.bench_decode(model, gates, settings["decode_contexts"], config.ratio, n_short, n_long,
-                                     config.repeats, gate_cost_context=config.gate_cost_context)
+                                     config.repeats)
     for row in prefill_rows + decode_rows:
         row["engine"] = ENGINE
     for attention in peers:
@@ -143,7 +143,6 @@ def run_bench(config) -> dict[str, Any]:
                                     tokens_per_s=rate))
     del peer_model
     results["prefill"], results["decode"] = prefill_rows, decode_rows
-    results["gate_cost"] = gate_cost(prefill_rows, decode_rows, config.gate_cost_context)
 
     del model, gates
     results["scale"] = None
@@ -159,16 +158,6 @@ def run_bench(config) -> dict[str, Any]:
     results["peak_device_bytes"] = speed.device_peak_bytes()
     results["seconds"] = time.perf_counter() - started
     return results
-
-
-def gate_cost(prefill_rows: list[dict], decode_rows: list[dict], context: int) -> dict[str, float]:
-    """The gate's own cost at `context`: time with the gate at ratio 1.0 over time with the full cache, minus 1."""
-    def ours(rows, policy):
-        return next(r for r in rows if r["engine"] == ENGINE and r["policy"] == policy and r["context"] == context)
-
-    return dict(context=context,
-                prefill=ours(prefill_rows, "full")["tokens_per_s"] / ours(prefill_rows, "gate@1.0")["tokens_per_s"] - 1,
-                decode=ours(decode_rows, "full")["tokens_per_s"] / ours(decode_rows, "gate@1.0")["tokens_per_s"] - 1)
 
 
 def plot_bench(results: dict[str, Any], path: str) -> None:
@@ -195,7 +184,8 @@ def plot_bench(results: dict[str, Any], path: str) -> None:
     limit = [results["bandwidth_bytes_per_s"] / r["bytes_per_step"] for r in scale]
     axes[2].bar(x - 0.2, [r["tokens_per_s"] for r in scale], 0.4, label="measured")
     axes[2].bar(x + 0.2, limit, 0.4, label="bandwidth limit")
-    axes[2].set(xticks=x, xticklabels=labels, ylabel="decode tokens / s", title=f"scale: {results['scale']['model']}")
+    scale_name = (results["scale"] or {}).get("model", "not run")
+    axes[2].set(xticks=x, xticklabels=labels, ylabel="decode tokens / s", title=f"scale: {scale_name}")
     axes[2].legend(fontsize=8)
     figure.tight_layout()
     save_figure(figure, path)

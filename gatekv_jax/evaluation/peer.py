@@ -2,14 +2,12 @@
 
 Needs torch (the `test` extra has it); nothing else in gatekv_jax imports this module. Prefill is
 one forward over the prompt that keeps the last position's logits (as transformers' `generate`
-does); decoding is a greedy loop of one-token forwards over the prefilled cache (a copy per run),
-timed from two lengths like ours (`speed.decode_rate`), so the prefill never counts.
+does); decoding is transformers' greedy `generate`, timed from two lengths like ours
+(`speed.decode_rate`), so the prefill, the same in both, cancels.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import time
 from typing import Any
 
@@ -53,11 +51,6 @@ def _prefill(peer, ids):
     return peer(ids, use_cache=True, logits_to_keep=1)
 
 
-def _cache_argument(peer) -> str:
-    """The name transformers gives the cache argument and output (`past_key_values` before 5.2x)."""
-    return "cache" if "cache" in inspect.signature(peer.forward).parameters else "past_key_values"
-
-
 def _ids(peer, tokens: np.ndarray):
     import torch
 
@@ -90,26 +83,26 @@ def prefill_seconds(peer, attention: str, tokens: np.ndarray, repeats: int) -> f
 
 
 def decode_rate(peer, attention: str, tokens: np.ndarray, n_short: int, n_long: int, repeats: int) -> float:
-    """Greedy tokens per second after prefilling `tokens` [1, T], from two loop lengths."""
+    """Greedy tokens per second of `generate` after `tokens` [1, T], from two generation lengths
+    (the prefill, the same in both, cancels)."""
     import torch
 
     peer.set_attn_implementation(attention)
     ids = _ids(peer, tokens)
+    settings = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    def generate_seconds(n: int) -> float:
+        start = _now(peer)
+        out = peer.generate(ids, max_new_tokens=n, min_new_tokens=n, **settings)
+        seconds = _now(peer) - start
+        if out.shape[1] != ids.shape[1] + n:
+            raise RuntimeError(f"transformers generated {out.shape[1] - ids.shape[1]} tokens, not {n}")
+        return seconds
+
     with torch.inference_mode():
-        out, name = _prefill(peer, ids), _cache_argument(peer)
-        prefilled, first = getattr(out, name), out.logits[:, -1].argmax(-1, keepdim=True)
-
-        def loop_seconds(n: int) -> float:
-            cache, token = copy.deepcopy(prefilled), first
-            start = _now(peer)
-            for _ in range(n):
-                step = peer(token, use_cache=True, **{name: cache})
-                cache, token = getattr(step, name), step.logits[:, -1].argmax(-1, keepdim=True)
-            return _now(peer) - start
-
-        loop_seconds(n_short)  # warm-up
-        t_short = min(loop_seconds(n_short) for _ in range(repeats))
-        t_long = min(loop_seconds(n_long) for _ in range(repeats))
+        generate_seconds(n_short)  # warm-up
+        t_short = min(generate_seconds(n_short) for _ in range(repeats))
+        t_long = min(generate_seconds(n_long) for _ in range(repeats))
     return rate_from(n_short, t_short, n_long, t_long)
 
 

@@ -11,6 +11,7 @@ or any source `load_model` reads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from typing import Any, Callable
@@ -22,7 +23,8 @@ import numpy as np
 from gatekv_jax.engine import plan
 from gatekv_jax.engine.decode import decode_room, generate
 from gatekv_jax.engine.prefill import prefill
-from gatekv_jax.kv.cache import EMPTY_POSITION, CompressedContext, KVCache, LayerCache, init_cache
+from gatekv_jax.engine.steps import decoder_step
+from gatekv_jax.kv.cache import EMPTY_POSITION, CompressedContext, KVCache, LayerCache, grow_cache, init_cache
 from gatekv_jax.kv.gate import init_gates
 from gatekv_jax.kv.policy import EvictionPolicy
 from gatekv_jax.models.config import ModelConfig
@@ -147,13 +149,37 @@ def params_bytes(model: Model) -> int:
     return sum(leaf.nbytes for leaf in jax.tree.leaves(model.params))
 
 
-def policies(ratio: float, with_gate_cost: bool = False) -> dict[str, EvictionPolicy]:
-    """The benchmark's policies: the full cache and the gate at `ratio` kept; with `with_gate_cost`
-    also the gate at 1.0 (every pair kept, scores computed: the gate's own cost against `full`)."""
-    chosen = {"full": EvictionPolicy(scorer="full"), "gate": EvictionPolicy(scorer="gate", ratio=ratio)}
-    if with_gate_cost:
-        chosen["gate@1.0"] = EvictionPolicy(scorer="gate", ratio=1.0)
-    return chosen
+def policies(ratio: float) -> dict[str, EvictionPolicy]:
+    """The benchmark's policies: the full cache and the gate at `ratio` kept."""
+    return {"full": EvictionPolicy(scorer="full"), "gate": EvictionPolicy(scorer="gate", ratio=ratio)}
+
+
+def gate_cost(model: Model, gates: dict, context: int, chunk: int, repeats: int) -> dict[str, float]:
+    """The gate's own cost: a decoder step over one cache (`context` tokens filled) with the gate's
+    scores computed against the same step without, for a prefill chunk of `chunk` tokens and a
+    decode step of one; returned as extra time over the plain step (0.01 = 1%)."""
+    config, dtype = model.config, model.dtype
+    cost = dict(context=context, chunk=chunk)
+    for name, length in (("prefill_chunk", chunk), ("decode_step", 1)):
+        times = {}
+        for scorer in ("full", "gate"):
+            policy = EvictionPolicy(scorer=scorer, ratio=None if scorer == "full" else 1.0)
+            step = jax.jit(functools.partial(decoder_step, config=config, policy=policy, dtype=dtype),
+                           donate_argnames=("cache",))
+            filled = filled_context(model, context, context).cache
+            cache = grow_cache(filled, [layer.capacity + length for layer in filled.layers])
+            tokens = jnp.asarray(random_tokens(config, length, seed=length))
+            positions = jnp.arange(context, context + length, dtype=jnp.int32)[None]
+            state = [cache]
+
+            def run(step=step, tokens=tokens, positions=positions, state=state):
+                logits, state[0] = step(model.params, gates, state[0], tokens, positions)
+                return logits
+
+            jax.block_until_ready(run())  # compiles
+            times[scorer] = best_time(run, repeats * 5)
+        cost[name] = times["gate"] / times["full"] - 1
+    return cost
 
 
 def gates_for_bench(model: Model, gates: str) -> dict:
@@ -166,15 +192,14 @@ def gates_for_bench(model: Model, gates: str) -> dict:
     return gates_for(model, EvictionPolicy(scorer="gate", ratio=0.5), None if gates == "packaged" else gates)
 
 
-def bench_prefill(model: Model, gates: dict, lengths: list[int], ratio: float, repeats: int,
-                  gate_cost_context: int | None = None) -> list[dict]:
+def bench_prefill(model: Model, gates: dict, lengths: list[int], ratio: float, repeats: int) -> list[dict]:
     """Prefill rate, compiles after warm-up and KV bytes per (policy, context length).
 
     The warm-up prompt is 1/8 shorter than the timed one (the same bucket), so the compile count
     of the timed runs shows that another length in a bucket does not compile."""
     rows = []
     for length in lengths:
-        for name, policy in policies(ratio, length == gate_cost_context).items():
+        for name, policy in policies(ratio).items():
             tokens = random_tokens(model.config, length, seed=length)
             jax.block_until_ready(prefill(model, tokens[:, :length - length // 8], policy, gates=gates).cache)
             last = []
@@ -194,12 +219,12 @@ def bench_prefill(model: Model, gates: dict, lengths: list[int], ratio: float, r
 
 
 def bench_decode(model: Model, gates: dict, contexts: list[int], ratio: float, n_short: int, n_long: int,
-                 repeats: int, gate_cost_context: int | None = None) -> list[dict]:
+                 repeats: int) -> list[dict]:
     """Greedy decode rate after a prefilled context, per (policy, context length), with the bytes a
     step reads (weights + allocated KV) and the compiles after warm-up."""
     rows = []
     for length in contexts:
-        for name, policy in policies(ratio, length == gate_cost_context).items():
+        for name, policy in policies(ratio).items():
             context = prefill(model, random_tokens(model.config, length, seed=length), policy, gates=gates)
             rows.append(dict(policy=name, context=length, **_decode(model, gates, policy, context, n_short, n_long,
                                                                      repeats),
@@ -232,21 +257,24 @@ def decode_kv_bytes(config: ModelConfig, policy: EvictionPolicy, context: Compre
 
 def filled_context(model: Model, tokens: int, kept: int, seed: int = 0) -> CompressedContext:
     """A context as if `tokens` tokens were prefilled and `kept` of them (spread evenly, the last
-    always) survived in every layer: random keys and values, built on the device without a prefill."""
+    always) survived in every gated layer (sliding layers: the last `window`): random keys and
+    values, built on the device without a prefill."""
     config = model.config
     K, H = config.num_kv_heads, config.head_dim
-    capacity = -(-kept // plan.SLOT_ALIGN) * plan.SLOT_ALIGN
-    positions = np.full(capacity, EMPTY_POSITION, np.int32)
-    positions[:kept] = np.unique(np.linspace(0, tokens - 1, kept).round().astype(np.int32))
     block = jax.random.normal(jax.random.key(seed), (1, K, plan.SLOT_ALIGN, H), jnp.float32).astype(model.dtype)
 
-    @jax.jit
-    def layer() -> LayerCache:
+    def layer(sliding: bool) -> LayerCache:
+        filled = min(kept, config.sliding_window) if sliding else kept
+        capacity = -(-filled // plan.SLOT_ALIGN) * plan.SLOT_ALIGN
+        positions = np.full(capacity, EMPTY_POSITION, np.int32)
+        positions[:filled] = (np.arange(tokens - filled, tokens) if sliding else
+                              np.unique(np.linspace(0, tokens - 1, filled).round().astype(np.int32)))
         slots = jnp.tile(block, (1, 1, capacity // plan.SLOT_ALIGN, 1))  # [1, K, S, H]
         return LayerCache(keys=slots, values=slots * 0.5, positions=jnp.broadcast_to(positions, (1, K, capacity)),
-                          scores=jnp.ones((1, K, capacity), jnp.float32), lengths=jnp.full((1, K), kept, jnp.int32))
+                          scores=jnp.ones((1, K, capacity), jnp.float32), lengths=jnp.full((1, K), filled, jnp.int32))
 
-    cache = KVCache(layers=tuple(layer() for _ in range(config.num_layers)))
+    cache = KVCache(layers=tuple(jax.jit(layer, static_argnums=0)(config.is_sliding(i))
+                                 for i in range(config.num_layers)))
     logits = jax.random.normal(jax.random.key(seed + 1), (1, config.vocab_size), jnp.float32)
     return CompressedContext(cache=cache, seen=jnp.array([tokens], jnp.int32), last_logits=logits)
 
