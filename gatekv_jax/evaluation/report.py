@@ -96,9 +96,9 @@ def bench_tables(results: dict) -> str:
     scale = results["scale"]
     compiles = sum(r.get("compiles_after_warmup", 0) for r in results["prefill"] + results["decode"]
                    + (scale["rows"] if scale else []))
-    out += [f"Gate's own cost (a decoder step over a {cost['context']:,}-token cache with the gate's scores computed, "
-            f"against without): prefill chunk of {cost['chunk']} tokens {cost['prefill_chunk']:+.1%}, decode step "
-            f"{cost['decode_step']:+.1%}. Compiles after warm-up: {compiles}.", ""]
+    out += [f"Gate's own cost (every gated layer's scores, timed alone, over a decoder step on a "
+            f"{cost['context']:,}-token cache): {cost['prefill_chunk']:.2%} of a {cost['chunk']}-token prefill chunk, "
+            f"{cost['decode_step']:.2%} of a decode step. Compiles after warm-up: {compiles}.", ""]
     out += ["**KV cache (MiB)**", "", "| context | full | " + f"{ratio} allocated | {ratio} kept | "
             "chunked prefill peak, full | chunked prefill peak, gate |", "|" + " --- |" * 6]
     for context in sorted({r["context"] for r in results["prefill"]}):
