@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from gatekv_jax.evaluation.report import bench_tables, markdown_tables
+from gatekv_jax.evaluation.report import report_tables
 from gatekv_jax.utils.files import read_json
 
 USAGE = "usage: python -m gatekv_jax.report results.json|bench.json [more ...]"
@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(results[-1], dict) or not (results[-1].get("records") or "prefill" in results[-1]):
             print(f"{path} holds no evaluation records or benchmark results", file=sys.stderr)
             return 2
-    benches = [r for r in results if "prefill" in r]
-    evaluations = [r for r in results if "prefill" not in r]
-    print("\n\n".join([bench_tables(r) for r in benches] + ([markdown_tables(*evaluations)] if evaluations else [])))
+    print(report_tables(*results))
     return 0
 
 

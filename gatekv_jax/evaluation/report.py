@@ -1,4 +1,4 @@
-"""Markdown tables of evaluation results (what `python -m gatekv_jax.report` prints).
+"""Markdown tables of evaluation and benchmark results (what `python -m gatekv_jax.report` prints).
 
 One table per (context length, level, task, metric): rows are scorers, columns retention ratios;
 the records of several files with the same context length and level (token pooling included)
@@ -122,3 +122,11 @@ def bench_tables(results: dict) -> str:
     out += ["", f"Peak host memory {_mib(results['peak_host_bytes'])} MiB; peak device memory "
             f"{_mib(results['peak_device_bytes'])} MiB; {results['seconds']:.0f} s in all."]
     return "\n".join(out)
+
+
+def report_tables(*results: dict) -> str:
+    """The tables of results dicts of either kind: benchmark results (bench.json) each on their own,
+    then the evaluation results (results.json) together."""
+    benches = [r for r in results if "prefill" in r]
+    evaluations = [r for r in results if "prefill" not in r]
+    return "\n\n".join([bench_tables(r) for r in benches] + ([markdown_tables(*evaluations)] if evaluations else []))

@@ -4,7 +4,7 @@ import json
 import os
 import re
 
-from gatekv_jax.evaluation import markdown_tables
+from gatekv_jax.evaluation.report import report_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMMAND = re.compile(r"^python -m gatekv_jax\.report (.+)$", re.MULTILINE)
@@ -20,6 +20,6 @@ def test_results_tables_are_the_report_of_committed_results():
         for path in command.split():
             with open(os.path.join(ROOT, path)) as f:
                 results.append(json.load(f))
-        tables = markdown_tables(*results).strip()
+        tables = report_tables(*results).strip()
         start = document.index(f"python -m gatekv_jax.report {command}")
         assert tables and tables in document[start:], f"docs/results.md lacks the output of report {command}"
