@@ -122,7 +122,7 @@ def rate_from(n_short: int, t_short: float, n_long: int, t_long: float) -> float
     return (n_long - n_short) / (t_long - t_short)
 
 
-def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+def memory_bandwidth(megabytes: int = 512, repeats: int = 10) -> float:
     """Bytes per second a jitted float32 reduction reads on the default device (decode's ceiling)."""
     data = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
     total = jax.jit(jnp.sum)
