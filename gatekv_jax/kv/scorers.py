@@ -48,7 +48,7 @@ class ScorerSpec:
 
     def updated_scores(self, sliding: bool, scores: jax.Array, weights: jax.Array,
                        query_positions: jax.Array) -> jax.Array:
-        """Attention-based updates: scores [B, K, S], weights [B, K, G, T, S] -> new scores [B, K, S]."""
+        """Attention-based updates: scores [B, K, S], weights [B, K, T, G, S] -> new scores [B, K, S]."""
         if sliding or self.name not in ("snapkv", "h2o", "kvzip"):
             return scores
         if self.name == "kvzip":  # the teacher: max attention over queries and the query group
@@ -59,7 +59,7 @@ class ScorerSpec:
         if length > 1:  # prefill chunk: the observation window is the row's last queries
             last = query_positions.max(axis=1, keepdims=True)  # [B, 1]
             observed = (query_positions > last - self.observation_window) & (query_positions >= 0)  # [B, T]
-            attention = (weights * observed[:, None, None, :, None]).sum(axis=(2, 3))  # [B, K, S]
+            attention = (weights * observed[:, None, :, None, None]).sum(axis=(2, 3))  # [B, K, S]
         else:  # decoding: every new query adds its attention
             attention = weights.sum(axis=(2, 3))
         pooled = jax.lax.reduce_window(attention, -jnp.inf, jax.lax.max, (1, 1, self.pool_kernel), (1, 1, 1),

@@ -35,7 +35,7 @@ class CacheScorer(Protocol):
 
     def updated_scores(self, sliding: bool, scores: jax.Array, weights: jax.Array,
                        query_positions: jax.Array) -> jax.Array:
-        """Slot scores [B, K, S] after attention with weights [B, K, G, T, S]."""
+        """Slot scores [B, K, S] after attention with weights [B, K, T, G, S]."""
 
 
 class Attention(nn.Module):
@@ -54,7 +54,7 @@ class Attention(nn.Module):
                              (K, H) if bias else None, ("kv_heads", "head_dim"), dtype=self.dtype)
         self.v_proj = Einsum("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"),
                              (K, H) if bias else None, ("kv_heads", "head_dim"), dtype=self.dtype)
-        self.o_proj = Einsum("BKGTH,KGHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"),
+        self.o_proj = Einsum("BKTGH,KGHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"),
                              (D,) if c.output_bias else None, ("embed",), dtype=self.dtype,
                              kernel_view=(K, N // K, H, D))
         if c.qk_norm:
@@ -90,10 +90,10 @@ class Attention(nn.Module):
             cache = cache.append(keys, values, positions, scores)
             all_keys, all_values, key_positions = cache.keys, cache.values, cache.positions
         mask = attention_mask(positions, key_positions, c.window_of(self.layer))  # [B, K, T, S]
-        weights = attention_weights(queries, all_keys, mask, scale=c.query_scale)  # [B, K, G, T, S]
+        weights = attention_weights(queries, all_keys, mask, scale=c.query_scale)  # [B, K, T, G, S]
         if cache is not None and self.scorer is not None:
             cache = cache.replace(scores=self.scorer.updated_scores(sliding, cache.scores, weights, positions))
-        out = attend(weights, all_values)  # [B, K, G, T, H]
+        out = attend(weights, all_values)  # [B, K, T, G, H]
         return self.o_proj(out), cache  # [B, T, D]
 
 

@@ -99,24 +99,25 @@ def attention_mask(query_positions: jax.Array, key_positions: jax.Array, window:
 def attention_weights(queries: jax.Array, keys: jax.Array, mask: jax.Array, *, scale: float) -> jax.Array:
     """Softmax attention weights in float32.
 
-    queries [B, T, N, H], keys [B, K, S, H], mask [B, K, T, S] -> weights [B, K, G, T, S]; rows with
-    no visible key are all zeros.
+    queries [B, T, N, H], keys [B, K, S, H], mask [B, K, T, S] -> weights [B, K, T, G, S]; rows with
+    no visible key are all zeros. Queries keep their (T, G) order: the QK dot then reads them as they
+    come from the projection (a [G, T] order cost a strided transpose of q per layer in prefill).
     """
     batch, length, num_heads, head_dim = queries.shape
     num_kv_heads = keys.shape[1]
     grouped = queries.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [B,T,K,G,H]
-    logits = jnp.einsum("BTKGH,BKSH->BKGTS", grouped, keys, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask[:, :, None], logits, MASKED_LOGIT)  # [B, K, G, T, S]
+    logits = jnp.einsum("BTKGH,BKSH->BKTGS", grouped, keys, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[:, :, :, None], logits, MASKED_LOGIT)  # [B, K, T, G, S]
     weights = jax.nn.softmax(logits, axis=-1)
-    return jnp.where(mask.any(axis=-1)[:, :, None, :, None], weights, 0.0)
+    return jnp.where(mask.any(axis=-1)[:, :, :, None, None], weights, 0.0)
 
 
 def attend(weights: jax.Array, values: jax.Array) -> jax.Array:
-    """weights [B, K, G, T, S], values [B, K, S, H] -> outputs [B, K, G, T, H].
+    """weights [B, K, T, G, S], values [B, K, S, H] -> outputs [B, K, T, G, H].
 
     The outputs stay in the dot's own axis order: the output projection contracts them as they are
-    ("BKGTH,KGHD->BTD"); a [B, T, N, H] layout made XLA transpose the projection's kernel every call."""
-    return jnp.einsum("BKGTS,BKSH->BKGTH", weights.astype(values.dtype), values)
+    ("BKTGH,KGHD->BTD"); a [B, T, N, H] layout made XLA transpose the projection's kernel every call."""
+    return jnp.einsum("BKTGS,BKSH->BKTGH", weights.astype(values.dtype), values)
 
 
 class MLP(nn.Module):

@@ -97,7 +97,7 @@ def test_attention_over_evicted_cache_equals_reference_over_kept_set():
         values = jnp.concatenate([layer.values[:, head:head + 1, kept_slots], new_v[:, head:head + 1]], axis=2)
         mask = jnp.ones((1, 1, 1, len(kept_slots) + 1), bool)
         weights = attention_weights(q[:, :, 2 * head:2 * head + 2], keys, mask, scale=config.query_scale)
-        expected_outputs.append(attend(weights, values))  # [1, 1, G, 1, H]
+        expected_outputs.append(attend(weights, values))  # [1, 1, 1, G, H]
     expected = module.apply(params, jnp.concatenate(expected_outputs, axis=1), method=lambda m, o: m.o_proj(o))
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5)
     assert int(after.lengths[0, 0]) == 8
