@@ -1,7 +1,8 @@
 """Markdown tables of evaluation and benchmark results (what `python -m gatekv_jax.report` prints).
 
-One table per (context length, level, task, metric): rows are scorers, columns retention ratios;
-the records of several files with the same context length and level (token pooling included)
+One table per (context length, domain, level, task, metric): rows are scorers, columns retention
+ratios, cells the mean and, where the record has it, its standard error over the samples; the
+records of several files with the same context length, domain and level (token pooling included)
 share tables, e.g. runs of different ratios. This is how the tables in docs/ are made.
 """
 
@@ -17,6 +18,7 @@ TABLES = (
     ("qa", "f1", "qa: token F1 against full's answer", "{:.2f}"),
 )
 FULL_VALUE = {"delta_nll": "nll", "nll": "nll", "accuracy": "accuracy"}
+DOMAINS = {"stdlib": "code", "prose": "prose"}  # evaluation data sources as tables name them
 
 
 def _level_name(level: str, config: dict) -> str:
@@ -24,15 +26,27 @@ def _level_name(level: str, config: dict) -> str:
     return f"{level} (pool {config.get('token_pool', 1)})" if level == "token" else level
 
 
+def _domain(config: dict) -> str:
+    source = config.get("data", {}).get("source", "stdlib")
+    return DOMAINS.get(source, source)
+
+
+def _cell(record: dict, metric: str, fmt: str) -> str:
+    """`mean` or `mean ± standard error` in the table's format."""
+    error = record.get("standard_error", {}).get(metric)
+    value = fmt.format(record[metric])
+    return value if error is None else f"{value} ± {fmt.replace('+', '').format(error)}"
+
+
 def markdown_tables(*results: dict) -> str:
     """The tables of one or more results dicts (as written to results.json)."""
     records = [{**r, "context_length": res["header"]["config"].get("context_length"),
-                "level": _level_name(r["level"], res["header"]["config"])}
+                "domain": _domain(res["header"]["config"]), "level": _level_name(r["level"], res["header"]["config"])}
                for res in results for r in res["records"]]
-    groups = dict.fromkeys((r["context_length"], r["level"]) for r in records)
+    groups = dict.fromkeys((r["context_length"], r["domain"], r["level"]) for r in records)
     out = []
-    for length, level in groups:
-        group = [r for r in records if (r["context_length"], r["level"]) == (length, level)]
+    for length, domain, level in groups:
+        group = [r for r in records if (r["context_length"], r["domain"], r["level"]) == (length, domain, level)]
         for task, metric, title, fmt in TABLES:
             rows = [r for r in group if r["task"] == task and metric in r and r["scorer"] != "full"]
             if not rows:
@@ -42,13 +56,13 @@ def markdown_tables(*results: dict) -> str:
             full = next((r for r in group if r["task"] == task and r["scorer"] == "full"), None)
             full_value = f"{full[FULL_VALUE[metric]]:.3f}" if full and metric in FULL_VALUE else "-"
             samples = sorted({r["n_samples"] for r in rows})
-            out.append(f"**{title.format(full=full_value)}** ({length} tokens, {level} level, "
+            out.append(f"**{title.format(full=full_value)}** ({length} tokens, {domain}, {level} level, "
                        f"{'/'.join(map(str, samples))} samples)\n")
             out.append("| scorer | " + " | ".join(f"{q:g}" for q in ratios) + " |")
             out.append("| --- |" + " --- |" * len(ratios))
             for scorer in scorers:
-                values = {r["ratio"]: r[metric] for r in rows if r["scorer"] == scorer}
-                cells = [fmt.format(values[q]) if q in values else "-" for q in ratios]
+                values = {r["ratio"]: _cell(r, metric, fmt) for r in rows if r["scorer"] == scorer}
+                cells = [values.get(q, "-") for q in ratios]
                 out.append(f"| {scorer} | " + " | ".join(cells) + " |")
             out.append("")
     return "\n".join(out)

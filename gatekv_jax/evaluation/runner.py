@@ -12,7 +12,8 @@ Tasks, each on held-out documents (the training split's complement, split by doc
   scored against `full`'s answer (exact match, token F1).
 Each context follows the model's chat-template start (BOS and user turn, as in gate training),
 which is protected from eviction. Writes `results.json` (one record per task, scorer, ratio, level;
-header with model, gates, versions, timings), one PNG per task, and prints a table. For `recall`,
+header with model, gates, versions, timings; per record the per-sample values and the standard
+error of each mean), one PNG per task, and prints a table. For `recall`,
 `gap_closed` is the share of the streaming-to-full NLL gap a scorer closes. `results.json` is
 rewritten (atomically) after every record; rerunning the same config into the same folder resumes.
 """
@@ -38,6 +39,7 @@ from gatekv_jax.kv.gate_files import PRETRAINED, load_gates, pretrained_gates
 from gatekv_jax.kv.policy import SCORERS, EvictionPolicy
 from gatekv_jax.models.loading import Model, load_model, load_tokenizer
 from gatekv_jax.training import configs
+from gatekv_jax.training.data import source_shares
 from gatekv_jax.utils.files import read_json, save_figure, write_json
 
 DEFAULT_CONFIG = "eval"
@@ -79,6 +81,7 @@ def check_config(config) -> tuple[list[str], list[str], list[float]]:
         value = config[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    source_shares(config.data.source)
     for scorer in scorers:
         for ratio in ratios:
             policy_for(config, scorer, ratio)  # every policy field, checked
@@ -135,7 +138,14 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
     result: dict = {name: float(np.mean(values)) for name, values in metrics.items()}
     result["kv_fraction"] = float(np.mean(fractions))
     result["per_sample"] = metrics
+    result["standard_error"] = standard_errors(metrics)
     return result
+
+
+def standard_errors(per_sample: dict[str, list[float]]) -> dict[str, float]:
+    """The standard error of each metric's mean over its samples (sample std / sqrt(n); n >= 2)."""
+    return {name: float(np.std(values, ddof=1) / np.sqrt(len(values)))
+            for name, values in per_sample.items() if len(values) >= 2}
 
 
 def evaluate(config) -> dict:
@@ -197,6 +207,7 @@ def evaluate(config) -> dict:
                     record["delta_nll"] = metrics["nll"] - full_metrics["nll"]
                     record["per_sample"] = {**metrics["per_sample"], "delta_nll": [
                         a - b for a, b in zip(metrics["per_sample"]["nll"], full_metrics["per_sample"]["nll"])]}
+                    record["standard_error"] = standard_errors(record["per_sample"])
                 records.append(record)
                 print(_row(record), flush=True)
                 timings[task_key] = round(task_earlier + time.time() - task_start, 1)

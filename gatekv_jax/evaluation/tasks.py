@@ -29,9 +29,8 @@ class Sample:
 
 
 def _heldout_contexts(config, tokenizer, length: int) -> Iterator[np.ndarray]:
-    docs = data.documents(config.data.source, config.data.paths)
-    for _, tokens in data.token_contexts(docs, tokenizer, length, config.data.heldout_fraction, "heldout",
-                                         config.data.max_document_tokens):
+    for _, tokens in data.mixed_contexts(config.data.source, config.data.paths, tokenizer, length,
+                                         config.data.heldout_fraction, "heldout", config.data.max_document_tokens):
         yield tokens
 
 

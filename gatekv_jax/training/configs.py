@@ -11,6 +11,8 @@ import os
 
 from ml_collections import config_dict
 
+from gatekv_jax.training.data import source_shares
+
 CONFIG_ARGUMENT = "--config"
 
 
@@ -156,11 +158,10 @@ def check_training_config(config: config_dict.ConfigDict) -> None:
     if config.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {config.dtype!r}")
     data = config.data
-    if data.source not in ("stdlib", "local", "fineweb-edu"):
-        raise ValueError(f"unknown data.source {data.source!r}; choose stdlib, local or fineweb-edu")
+    shares = source_shares(data.source)
     if not 0.0 < data.heldout_fraction < 1.0:
         raise ValueError(f"data.heldout_fraction must be in (0, 1), got {data.heldout_fraction!r}")
-    if data.source == "local":
+    if "local" in shares:
         missing = [path for path in data.paths if not os.path.exists(path)]
         if not data.paths or missing:
             raise ValueError(f"data.source='local' needs existing data.paths; missing: {missing or 'none given'}")

@@ -77,9 +77,8 @@ def train_gates(config) -> dict:
                 "data": config.data.to_dict(), "seed": config.seed}
     features = os.path.join(workdir, "features")
     for split, count in (("heldout", config.heldout_contexts), ("train", config.train_contexts)):
-        docs = data.documents(config.data.source, config.data.paths)
-        contexts = data.token_contexts(docs, tokenizer, config.context_length, config.data.heldout_fraction, split,
-                                       config.data.max_document_tokens)
+        contexts = data.mixed_contexts(config.data.source, config.data.paths, tokenizer, config.context_length,
+                                       config.data.heldout_fraction, split, config.data.max_document_tokens)
         with _progress(count, f"features ({split})") as bar:
             manifest = collect_features(model, prompts, contexts, features, split, settings,
                                         batch_size=config.batch_size, max_contexts=count,

@@ -9,6 +9,7 @@ import pytest
 import gatekv_jax as gk
 import gatekv_jax.evaluation.runner as evaluate_module
 from gatekv_jax.evaluation import TASKS, add_gap_closed, copied_share, evaluate, load_config, markdown_tables, token_f1
+from gatekv_jax.evaluation.runner import standard_errors
 from gatekv_jax.kv.policy import SCORERS
 from gatekv_jax.models.tiny import TINY_MODEL
 
@@ -48,6 +49,7 @@ def test_every_task_and_scorer_end_to_end(tmp_path):
             assert 0.0 <= record["accuracy"] <= 1.0
         for metric, values in record["per_sample"].items():  # the mean of each metric over the samples
             assert len(values) == record["n_samples"] and np.mean(values) == pytest.approx(record[metric])
+        assert record["standard_error"] == {}  # one sample: no spread to report
     for task in TASKS:
         assert os.path.isfile(tmp_path / "out" / f"{task}.png")
 
@@ -109,7 +111,7 @@ def test_markdown_tables_put_scorers_in_rows_and_ratios_in_columns():
                record("streaming", 0.3, 2.0), record("streaming", 0.5, 1.5)]
     add_gap_closed(records)
     text = markdown_tables({"header": {"config": {"context_length": 2000}}, "records": records})
-    assert "**recall: NLL of the recalled facts (full 0.500)** (2000 tokens, global level, 2 samples)" in text
+    assert "**recall: NLL of the recalled facts (full 0.500)** (2000 tokens, code, global level, 2 samples)" in text
     table = "| scorer | 0.3 | 0.5 |\n| --- | --- | --- |\n| gate | 1.250 | 1.000 |\n| streaming | 2.000 | 1.500 |"
     assert table in text
     assert "| gate | 50% | 50% |" in text and "| streaming | 0% | 0% |" in text
@@ -117,8 +119,23 @@ def test_markdown_tables_put_scorers_in_rows_and_ratios_in_columns():
     unpooled = [{**r, "level": "token", "ratio": 0.1} for r in records if r["scorer"] != "full"]
     text = markdown_tables({"header": {"config": {"context_length": 2000, "token_pool": 3}}, "records": pooled},
                            {"header": {"config": {"context_length": 2000}}, "records": unpooled})
-    assert "(2000 tokens, token (pool 3) level, 2 samples)" in text  # runs of different pooling never share a table
-    assert "(2000 tokens, token (pool 1) level, 2 samples)" in text and "| gate | 1.250 | 1.000 |" in text
+    assert "(2000 tokens, code, token (pool 3) level, 2 samples)" in text  # different pooling: different tables
+    assert "(2000 tokens, code, token (pool 1) level, 2 samples)" in text and "| gate | 1.250 | 1.000 |" in text
+
+
+def test_tables_show_standard_errors_and_keep_domains_apart():
+    def record(scorer, nll, errors):
+        return {"task": "recall", "scorer": scorer, "ratio": 0.3, "level": "token", "n_samples": 3, "nll": nll,
+                "nll_full": 0.5, "kv_fraction": 0.3, "per_sample": {"nll": errors},
+                "standard_error": standard_errors({"nll": errors})}
+
+    code = [record("gate", 1.0, [1.0, 2.0, 3.0])]  # std 1, so the error is 1 / sqrt(3)
+    prose = [record("gate", 0.75, [0.75])]
+    text = markdown_tables({"header": {"config": {"context_length": 2000, "token_pool": 3}}, "records": code},
+                           {"header": {"config": {"context_length": 2000, "token_pool": 3,
+                                                  "data": {"source": "prose"}}}, "records": prose})
+    assert "(2000 tokens, code, token (pool 3) level, 3 samples)" in text and "| gate | 1.000 ± 0.577 |" in text
+    assert "(2000 tokens, prose, token (pool 3) level, 3 samples)" in text and "| gate | 0.750 |" in text
 
 
 def test_copied_share_counts_the_continuation_8grams_found_in_the_context():
