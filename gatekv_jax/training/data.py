@@ -27,7 +27,8 @@ FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 SOURCES = ("stdlib", "prose", "local", "fineweb-edu")
 # Python files of the standard library that hold prose rather than code (read by the "prose" source).
 PROSE_MODULES = ("pydoc_data/topics.py",)
-IDLE_TEXTS = ("idlelib/help.html", "idlelib/NEWS.txt", "idlelib/NEWS2x.txt", "idlelib/ChangeLog",
+# Text files of the Python distribution read whole by the "prose" source (IDLE's help and news, the license).
+PROSE_FILES = ("idlelib/help.html", "idlelib/NEWS.txt", "idlelib/NEWS2x.txt", "idlelib/ChangeLog",
               "idlelib/HISTORY.txt", "idlelib/README.txt", "idlelib/TODO.txt", "idlelib/extend.txt", "LICENSE.txt")
 
 
@@ -140,7 +141,7 @@ def prose_documents(min_chars: int = 2000) -> Iterator[tuple[str, str]]:
         return html_text(text) if doc_id.endswith(".html") else text
 
     doc_ids = [f"pydoc-topic:{name}" for name in topics] + [f"{module}#prose" for module in modules]
-    doc_ids += [name for name in IDLE_TEXTS if os.path.isfile(os.path.join(root, name))]
+    doc_ids += [name for name in PROSE_FILES if os.path.isfile(os.path.join(root, name))]
     for doc_id in _by_hash(doc_ids):
         text = text_of(doc_id)
         if len(text) >= min_chars:
