@@ -1,7 +1,7 @@
 """Chunked writes into a cache: the jitted chunk step, compressed prefill, appends without eviction.
 
 Tokens go through the model `policy.chunk_size` at a time (the last chunk padded). After each
-chunk of a prefill, every gated head is evicted back to the policy's keep count; an append grows
+chunk of a prefill, every gated head is evicted back to the context's final keep count; an append grows
 the gated layers instead and never evicts them (sliding layers always keep their window).
 """
 
@@ -99,15 +99,21 @@ def prefill_chunks(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
     last_logits = jnp.zeros((batch, config.vocab_size), jnp.float32)
     no_targets = np.full((batch, chunk), -1, np.int32)
     padded, positions = chunk_layout(tokens, lengths, chunk)
+    # Every eviction keeps the row's final budget (a budget of ratio x tokens seen would cap every
+    # prefix at `ratio` of itself and lose a rich start for good) and protects only the tokens of
+    # the row's final recent window: for fixed scores at level "head" the kept set then equals one
+    # eviction after the whole context.
+    final_keep = np.array([plan.protected_keep(policy, int(n), int(p), int(r))
+                           for n, p, r in zip(lengths, protect_before, recent)], np.int32)
     flags = []
     for c in range(padded.shape[1] // chunk):
         piece = slice(c * chunk, (c + 1) * chunk)
         seen = np.minimum(lengths, (c + 1) * chunk)
-        keep = np.array([plan.protected_keep(policy, int(s), int(p), int(r))
-                         for s, p, r in zip(seen, protect_before, recent)], np.int32)
+        keep = np.minimum(final_keep, seen).astype(np.int32)
+        recent_now = np.maximum(recent - (lengths - seen), 0).astype(np.int32)
         cache, last_logits, _, finite = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
                                                   positions[:, piece], no_targets, last_logits, keep,
-                                                  protect_before, recent, **static)
+                                                  protect_before, recent_now, **static)
         flags.append(finite)
     check_finite(flags, "prefill")
     cache = shrink_cache(cache, plan.final_capacities(config, policy, bucket, min_keep))

@@ -41,7 +41,8 @@ def prefill(model: Model, context_tokens: Any, policy: EvictionPolicy, *, gates:
     """Chunked prefill of a context under `policy`; returns the compressed context.
 
     context_tokens: [B, T] ids or a list of rows of different lengths. After every chunk, each
-    gated head keeps `policy.keep_count(tokens seen)` slots; the first `max(sink, prefix_length)`
+    gated head keeps at most `policy.keep_count(row length)` slots, the final budget (so for fixed
+    scores the result equals one eviction after the whole context); the first `max(sink, prefix_length)`
     tokens and the protected recent window are never evicted (a budget smaller than they are
     grows to hold them). The `kvzip` oracle needs the
     teacher's prompts: `repeat_prompts`, or the model's own tokenizer; `teacher_memo` (one per

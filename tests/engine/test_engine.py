@@ -1,5 +1,7 @@
 """The engine: exactness against the plain forward, static shapes, every scorer and level, batches."""
 
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -135,6 +137,26 @@ def test_tight_budget_still_keeps_whole_sliding_windows():
         else:
             np.testing.assert_array_equal(lengths, [2, 2, 2])
             assert sorted(np.asarray(layer.positions)[0, 0, :2].tolist()) == [0, 36]  # sink + newest
+
+
+def test_chunked_prefill_keeps_what_one_eviction_at_the_end_keeps(tiny_gemma3_dir):
+    """Fixed scores (`random` depends on position only), level "head": evicting after every 8-token
+    chunk keeps exactly the slots one eviction after the whole context keeps, for every row of a
+    batch, so no prefix is capped at `ratio` of itself and the final recent window survives."""
+    model = gk.load_model(tiny_gemma3_dir)
+    rows = [tokens_of(1, n, seed=n)[0].tolist() for n in (61, 40, 23)]
+    kept = {}
+    for chunk in (8, 64):
+        policy = EvictionPolicy(scorer="random", ratio=0.3, chunk_size=chunk, window=3, sink=2, level="head")
+        context = inference.prefill(model, rows, policy)
+        kept[chunk] = [[[sorted(p for p in head if p >= 0) for head in row]
+                        for row in np.asarray(context.cache.layers[i].positions).tolist()]
+                       for i in model.config.full_attention_layers]
+    assert kept[8] == kept[64]
+    first_layer = kept[8][0]
+    for row, n in zip(first_layer, (61, 40, 23)):
+        assert all(len(head) == max(math.ceil(0.3 * n), 5) for head in row)
+        assert all({0, 1, n - 3, n - 2, n - 1} <= set(head) for head in row)  # sinks and the recent window
 
 
 def test_no_recompilation_across_prompt_lengths_decode_lengths_and_300_decode_steps(tiny_model_dir):
