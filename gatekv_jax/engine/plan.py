@@ -88,4 +88,4 @@ def bucket_keep(policy: EvictionPolicy, bucket: int, protect_before: int) -> int
 
 def scorer_spec(policy: EvictionPolicy) -> ScorerSpec:
     """The static scorer settings the decoder is built with."""
-    return ScorerSpec(policy.scorer, policy.observation_window, policy.pool_kernel, policy.seed)
+    return ScorerSpec(policy.scorer, policy.observation_window, policy.pool_kernel, policy.seed, policy.sink)

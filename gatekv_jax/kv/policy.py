@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-SCORERS = ("full", "gate", "kvzip", "streaming", "snapkv", "h2o", "random")
+SCORERS = ("full", "gate", "kvzip", "streaming", "snapkv", "h2o", "random", "keydiff", "knorm", "expected_attention")
 LEVELS = ("head", "global", "token")
 MAX_SLOTS = 2**31 - 1  # positions and slot counts are int32
 
@@ -25,9 +25,12 @@ class EvictionPolicy:
     scorer: "full" (never evict), "gate" (Fast KVzip), "kvzip" (the teacher as an oracle: the
         whole context is prefilled, scored by the repeat pass, then evicted once), "streaming"
         (sinks + recency), "snapkv" (pooled attention of the last `observation_window` queries),
-        "h2o" (accumulated attention), "random".
-    ratio / budget: after prefill each head keeps `ceil(ratio * tokens seen)` or `budget` slots
-        (protected window included); exactly one is set unless the scorer is "full".
+        "h2o" (accumulated attention), "random", "keydiff" (keys least like the head's mean key),
+        "knorm" (low key norm), "expected_attention" (attention expected from future queries times
+        the value norm); see `gatekv_jax.kv.scorers`.
+    ratio / budget: after prefill each head keeps `ceil(ratio * context length)` or `budget` slots
+        (protected window included), the same budget after every chunk; exactly one is set unless
+        the scorer is "full".
     window: recent context tokens never evicted during prefill; None = the paper's rule (4,096, or
         2% of the context when it is shorter than 16K tokens).
     sink: first tokens never evicted (the attention sinks); `prefix` more leading tokens (a

@@ -14,16 +14,26 @@ parameters (`{"layer_<i>": ...}`, the Fast KVzip gates) handed to the scorer unc
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.models.config import ModelConfig
+from gatekv_jax.models.config import ModelConfig, RopeConfig
 from gatekv_jax.models.layers import MLP, Einsum, RMSNorm, apply_rope, attend, attention_mask, attention_weights
 from gatekv_jax.utils.sharding import constrain
+
+
+class AttentionStep(NamedTuple):
+    """What one attention call over a cache saw, for scorers that rescore the cache after it."""
+
+    weights: jax.Array  # [B, K, T, G, S] float32 softmax weights
+    queries: jax.Array  # [B, T, N, H] before RoPE (after any query norm)
+    positions: jax.Array  # [B, T] query positions, -1 = padding
+    rope: RopeConfig  # the layer's rotary embedding
+    scale: float  # the softmax scale of the query-key dot
 
 
 class CacheScorer(Protocol):
@@ -33,9 +43,8 @@ class CacheScorer(Protocol):
                          num_kv_heads: int, layer_params: Any) -> jax.Array:
         """Scores [B, T, K] of the tokens being appended (hidden [B, T, D] is the attention input)."""
 
-    def updated_scores(self, sliding: bool, scores: jax.Array, weights: jax.Array,
-                       query_positions: jax.Array) -> jax.Array:
-        """Slot scores [B, K, S] after attention with weights [B, K, T, G, S]."""
+    def updated_scores(self, sliding: bool, cache: Any, step: AttentionStep) -> jax.Array:
+        """Slot scores [B, K, S] of the layer's cache (new tokens appended) after attention `step`."""
 
 
 class Attention(nn.Module):
@@ -75,6 +84,7 @@ class Attention(nn.Module):
         values = self.v_proj(x)  # [B, T, K, H]
         if c.qk_norm:
             queries, keys = self.q_norm(queries), self.k_norm(keys)
+        unrotated_queries = queries
         queries = apply_rope(queries, positions, rope)
         keys = apply_rope(keys, positions, rope)
         if cache is None:
@@ -92,7 +102,8 @@ class Attention(nn.Module):
         mask = attention_mask(positions, key_positions, c.window_of(self.layer))  # [B, K, T, S]
         weights = attention_weights(queries, all_keys, mask, scale=c.query_scale)  # [B, K, T, G, S]
         if cache is not None and self.scorer is not None:
-            cache = cache.replace(scores=self.scorer.updated_scores(sliding, cache.scores, weights, positions))
+            step = AttentionStep(weights, unrotated_queries, positions, rope, c.query_scale)
+            cache = cache.replace(scores=self.scorer.updated_scores(sliding, cache, step))
         out = attend(weights, all_values)  # [B, K, T, G, H]
         return self.o_proj(out), cache  # [B, T, D]
 

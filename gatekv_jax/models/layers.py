@@ -76,9 +76,24 @@ def apply_rope(x: jax.Array, positions: jax.Array, rope: RopeConfig) -> jax.Arra
     cos = jnp.cos(angles) * attention_scaling
     sin = jnp.sin(angles) * attention_scaling
     x32 = x.astype(jnp.float32)
-    first, second = jnp.split(x32, 2, axis=-1)
-    rotated = jnp.concatenate([-second, first], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
+    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    """[x1, x2] -> [-x2, x1] over the last axis: RoPE at position p is `x cos(p f) + rotate_half(x) sin(p f)`."""
+    first, second = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-second, first], axis=-1)
+
+
+def mean_rotation(rope: RopeConfig, head_dim: int, starts: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """The RoPE rotation averaged over positions `starts` [B] .. `starts + count - 1`, as the
+    `(cos, sin)` [B, H] of `x cos + rotate_half(x) sin` (a mean of rotations is not a rotation)."""
+    inv_freq, attention_scaling = rope.inverse_frequencies(head_dim)  # [H/2]
+    offsets = starts.astype(jnp.float32)[:, None] + jnp.arange(count, dtype=jnp.float32)  # [B, count]
+    angles = offsets[..., None] * jnp.asarray(inv_freq)  # [B, count, H/2]
+    cos = jnp.cos(angles).mean(axis=1) * attention_scaling  # [B, H/2]
+    sin = jnp.sin(angles).mean(axis=1) * attention_scaling
+    return jnp.concatenate([cos, cos], axis=-1), jnp.concatenate([sin, sin], axis=-1)
 
 
 def attention_mask(query_positions: jax.Array, key_positions: jax.Array, window: int | None) -> jax.Array:
