@@ -12,9 +12,10 @@ def get_config():
     c.ratios = "0.1,0.2,0.3,0.4,0.5,0.75,1.0"
     c.level = "token"  # same tokens in every gated layer; "global": the paper's one threshold; "head": per-head top-k
     c.token_pool = 3  # level "token": a token also takes the best rank of its 2 neighbours (keeps "is 4821"'s space)
-    c.tasks = "continuation,recall,needle,qa"
+    c.tasks = "continuation,recall,needle,qa"  # and "decode": decode_length tokens per sample, slow on a CPU
     c.context_length = 2000
     c.continuation_length = 200
+    c.decode_length = 1024  # task "decode": tokens decoded with eviction to ratio x (context + decode_length)
     c.recall_facts = 10
     c.needle_depths = "0.1,0.5,0.9"
     c.n_samples = 3

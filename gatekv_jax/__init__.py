@@ -15,6 +15,7 @@ from gatekv_jax.engine import (
     apply_model,
     continuation_log_probs,
     continuation_nll,
+    decode_continuation,
     decoder_step,
     evict_cache,
     forward,
@@ -56,7 +57,7 @@ __all__ = [
     "download_official_gates", "gate_scores", "import_official_gates", "init_cache", "init_gates",
     "load_gates", "pretrained_gates", "save_gates",
     "RepeatPrompts", "Sampling", "TeacherMemo", "apply_model", "continuation_log_probs", "continuation_nll",
-    "decoder_step", "evict_cache", "forward", "generate", "prefill", "teacher_scores",
+    "decode_continuation", "decoder_step", "evict_cache", "forward", "generate", "prefill", "teacher_scores",
     "train_gates",
     "LOGICAL_RULES", "make_mesh",
 ]

@@ -1,7 +1,7 @@
 """Running a loaded model under an eviction policy: forward, prefill, append, decode, teacher, oracle,
 and pure steps for user-written loops."""
 
-from gatekv_jax.engine.decode import generate
+from gatekv_jax.engine.decode import decode_continuation, generate
 from gatekv_jax.engine.forward import apply_model, forward
 from gatekv_jax.engine.oracle import TeacherMemo
 from gatekv_jax.engine.prefill import prefill
@@ -11,4 +11,4 @@ from gatekv_jax.engine.steps import decoder_step, evict_cache
 from gatekv_jax.engine.teacher import RepeatPrompts, teacher_scores
 
 __all__ = ["RepeatPrompts", "Sampling", "TeacherMemo", "apply_model", "continuation_log_probs", "continuation_nll",
-           "decoder_step", "evict_cache", "forward", "generate", "prefill", "teacher_scores"]
+           "decode_continuation", "decoder_step", "evict_cache", "forward", "generate", "prefill", "teacher_scores"]

@@ -1,4 +1,4 @@
-"""`generate`: the decode loop as one jitted `lax.while_loop`, with eviction while decoding.
+"""`generate` and `decode_continuation`: the decode loop as one jitted loop, with eviction while decoding.
 
 The loop's output buffer has a bucketed length (a power of two >= `max_new_tokens`, at least
 `MIN_DECODE_BUCKET`) and the number of steps is a traced value, so a new `max_new_tokens` within a
@@ -42,6 +42,15 @@ def decode_room(policy: EvictionPolicy, max_new_tokens: int) -> int:
     return decode_bucket(max_new_tokens) if policy.decode_budget is None else policy.decode_block
 
 
+def _make_room(cache: KVCache, config: ModelConfig, keep: jax.Array, protect_before: jax.Array, recent: jax.Array,
+               evict_gated: bool) -> KVCache:
+    """Before a decode step: when any layer is full, evict every layer (gated ones back to `keep` [B]
+    per head when `evict_gated`; sliding ones to their window)."""
+    full = jnp.stack([(layer.lengths >= layer.capacity).any() for layer in cache.layers]).any()
+    return jax.lax.cond(full, lambda c: evict(c, config, keep, protect_before, recent, PER_HEAD,
+                                              evict_gated=evict_gated), lambda c: c, cache)
+
+
 @functools.partial(jax.jit, donate_argnames=("cache",),
                    static_argnames=("config", "dtype", "spec", "sampling", "evict_gated", "bucket"))
 def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Array, next_positions: jax.Array,
@@ -54,18 +63,13 @@ def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Ar
     module = Decoder(config, dtype=dtype, scorer=spec)
     batch = logits.shape[0]
 
-    def make_room(cache):
-        full = jnp.stack([(layer.lengths >= layer.capacity).any() for layer in cache.layers]).any()
-        return jax.lax.cond(full, lambda c: evict(c, config, keep, protect_before, recent, PER_HEAD,
-                                                  evict_gated=evict_gated), lambda c: c, cache)
-
     def body(state):
         step, cache, logits, positions, key, done, out = state
         key, sample_key = jax.random.split(key)
         token = sampling(logits, sample_key)  # [B]
         out = out.at[:, step].set(jnp.where(done, -1, token))
         done = done | jnp.isin(token, stop_ids)
-        cache = make_room(cache)
+        cache = _make_room(cache, config, keep, protect_before, recent, evict_gated)
         step_positions = jnp.where(done, -1, positions)[:, None]  # finished rows take no slot
         new_logits, cache = module.apply({"params": params}, token[:, None], step_positions, cache, gates)
         return step + 1, cache, new_logits[:, 0], positions + 1, key, done, out
@@ -79,6 +83,41 @@ def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Ar
     state = (jnp.int32(0), cache, logits, next_positions, key, done, out)
     _, cache, _, _, _, _, out = jax.lax.while_loop(cond, body, state)
     return replicated(out), cache  # every process reads the tokens
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",), static_argnames=("config", "dtype", "spec", "evict_gated"))
+def forced_decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Array, next_positions: jax.Array,
+                       tokens: jax.Array, lengths: jax.Array, keep: jax.Array, protect_before: jax.Array,
+                       recent: jax.Array, *, config: ModelConfig, dtype: Any, spec: ScorerSpec,
+                       evict_gated: bool) -> tuple[jax.Array, jax.Array, KVCache]:
+    """`decode_loop`'s steps fed the given tokens [B, M] (row b's first `lengths[b]`) instead of
+    sampled ones, so the cache evolves, evictions included, as generating those tokens would
+    make it: `(nll [B, M] of each token given the ones before, predicted [B, M] argmax ids, cache)`
+    (NaN and -1 past a row's length)."""
+    module = Decoder(config, dtype=dtype, scorer=spec)
+
+    def body(carry, step):
+        cache, logits, positions = carry
+        token = tokens[:, step]  # [B]
+        done = step >= lengths  # [B]
+        log_probs = jax.nn.log_softmax(logits, axis=-1)  # [B, V]
+        nll = -jnp.take_along_axis(log_probs, token[:, None], axis=1)[:, 0]
+        predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+        def advance(state):
+            cache, logits = state
+            cache = _make_room(cache, config, keep, protect_before, recent, evict_gated)
+            step_positions = jnp.where(done, -1, positions)[:, None]  # rows past their length take no slot
+            new_logits, cache = module.apply({"params": params}, token[:, None], step_positions, cache, gates)
+            return cache, jnp.where(done[:, None], logits, new_logits[:, 0])
+
+        # the bucket's padded steps after every row is done neither evict nor append, as generate stops
+        cache, logits = jax.lax.cond(done.all(), lambda state: state, advance, (cache, logits))
+        return (cache, logits, positions + 1), (jnp.where(done, jnp.nan, nll), jnp.where(done, -1, predicted))
+
+    (cache, _, _), (nll, predicted) = jax.lax.scan(body, (cache, logits, next_positions),
+                                                   jnp.arange(tokens.shape[1]))
+    return replicated(nll.T), replicated(predicted.T), cache
 
 
 def _check_generation_room(model: Model, context: CompressedContext, new_slots: int, max_new_tokens: int) -> None:
@@ -140,3 +179,37 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates:
         stop_at = next((i for i, t in enumerate(row) if t in stop or t < 0), len(row))
         rows.append(row[:stop_at])
     return rows
+
+
+def decode_continuation(model: Model, context_tokens: Any, continuation_tokens: Any, policy: EvictionPolicy, *,
+                        gates: dict | None = None,
+                        context: CompressedContext | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher-forced continuation decoded one token at a time, as `generate` decodes: gated layers
+    are evicted back to `policy.decode_budget` whenever a block is full (no eviction when it is
+    None). The context is `context_tokens` prefilled under `policy`, or `context` (from `prefill`;
+    pass None as context_tokens). Returns `(nll [B, M], predicted [B, M])`: each token's NLL given
+    the ones before it and the argmax id at that step (NaN and -1 past a row's length)."""
+    gates = gates_for(model, policy, gates)
+    if (context_tokens is None) == (context is None):
+        raise ValueError("give exactly one of context_tokens (prefilled under the policy) and context= "
+                         "(a CompressedContext from prefill)")
+    if context is None:
+        context = prefill(model, context_tokens, policy, gates=gates)
+    tokens, lengths = as_batch(continuation_tokens, model.config.vocab_size)
+    if tokens.shape[0] != context.seen.shape[0]:
+        raise ValueError(f"{tokens.shape[0]} rows of continuation for a context of {context.seen.shape[0]} rows")
+    batch, length = tokens.shape
+    budget = policy.decode_budget
+    bucket = decode_bucket(length)
+    padded = np.zeros((batch, bucket), np.int32)
+    padded[:, :length] = tokens
+    room = decode_room(policy, bucket)
+    _check_generation_room(model, context, room, length)
+    context, _ = append(model, context, np.zeros((batch, 0), np.int32), np.zeros(batch, np.int32), policy, gates,
+                        room=room, min_filled=budget or 0)
+    nll, predicted, _ = model.run(
+        forced_decode_loop, model.params, gates, context.cache, context.last_logits, context.seen, padded, lengths,
+        np.full(batch, budget or 0, np.int32), np.full(batch, policy.sink, np.int32),
+        np.full(batch, policy.decode_recent, np.int32), config=model.config, dtype=jnp.dtype(model.dtype),
+        spec=plan.scorer_spec(policy), evict_gated=budget is not None)
+    return np.asarray(nll)[:, :length], np.asarray(predicted)[:, :length]

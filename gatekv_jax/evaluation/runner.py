@@ -20,7 +20,9 @@ rewritten (atomically) after every record; rerunning the same config into the sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.engine.decode import generate
+from gatekv_jax.engine.decode import decode_continuation, generate
 from gatekv_jax.engine.oracle import TeacherMemo
 from gatekv_jax.engine.prefill import prefill
 from gatekv_jax.engine.scoring import continuation_log_probs
@@ -59,6 +61,15 @@ def policy_for(config, scorer: str, ratio: float) -> EvictionPolicy:
                           sink=config.sink, seed=config.seed)
 
 
+def decoding_policy(policy: EvictionPolicy, context_length: int, decode_length: int) -> EvictionPolicy:
+    """The `decode` task's policy: the prefill policy, and while decoding a budget of `ratio` x the
+    final length (context + decoded tokens), evicted back to every `decode_block` tokens."""
+    if not policy.evicts:
+        return policy
+    budget = max(math.ceil(policy.ratio * (context_length + decode_length)), policy.sink + policy.decode_recent + 1)
+    return dataclasses.replace(policy, decode_budget=budget)
+
+
 def check_config(config) -> tuple[list[str], list[str], list[float]]:
     """Validate a whole evaluation config before anything loads; returns (scorers, tasks, ratios)."""
     scorers = [s.strip() for s in str(config.scorers).split(",")]
@@ -77,7 +88,7 @@ def check_config(config) -> tuple[list[str], list[str], list[float]]:
         raise ValueError(f"ratios must be in (0, 1], got {config.ratios!r}")
     if not all(0.0 <= d <= 1.0 for d in depths):
         raise ValueError(f"needle_depths must be in [0, 1], got {config.needle_depths!r}")
-    for name in ("context_length", "continuation_length", "recall_facts", "n_samples"):
+    for name in ("context_length", "continuation_length", "decode_length", "recall_facts", "n_samples"):
         value = config[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -106,7 +117,18 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
                           prefix_length=len(prefix), teacher_memo=teacher_memo)
         kept, full = context.kept_slots(model.config.full_attention_layers)
         fractions.append(kept / full)
-        if task in ("continuation", "recall"):
+        if task == "decode":
+            final_length = len(prefix) + len(sample.context) + len(sample.continuation)
+            decoding = decoding_policy(policy, final_length - len(sample.continuation), len(sample.continuation))
+            if decoding.decode_budget is not None:
+                fractions[-1] = decoding.decode_budget / final_length  # what decoding keeps, not the prefill
+            nll, predicted = decode_continuation(model, None, [sample.continuation.tolist()], decoding, gates=gates,
+                                                 context=context)
+            metrics.setdefault("nll", []).append(float(nll.mean()))
+            if policy.scorer == "full":
+                reference[index] = predicted
+            metrics.setdefault("top1_agreement", []).append(float((predicted == reference[index]).mean()))
+        elif task in ("continuation", "recall"):
             log_probs = continuation_log_probs(model, None, [sample.continuation.tolist()], policy, gates=gates,
                                                context=context)[0]
             targets = jnp.asarray(sample.continuation)
@@ -202,7 +224,7 @@ def evaluate(config) -> dict:
                     _score_task(task, model, tokenizer, samples, policy, gates, reference, prefix, teacher_memo)
                 record = {"task": task, "scorer": scorer, "ratio": ratio, "level": config.level,
                           "n_samples": len(samples), **metrics}
-                if task in ("continuation", "recall"):
+                if task in ("continuation", "decode", "recall"):
                     record["nll_full"] = full_metrics["nll"]
                     record["delta_nll"] = metrics["nll"] - full_metrics["nll"]
                     record["per_sample"] = {**metrics["per_sample"], "delta_nll": [

@@ -1,4 +1,4 @@
-"""Evaluation tasks on held-out documents: sample builders (continuation, recall, needle, qa) and metrics.
+"""Evaluation tasks on held-out documents: sample builders (continuation, decode, recall, needle, qa) and metrics.
 
 Held-out documents are the training split's complement (split by document hash), so evaluation
 never sees a training document.
@@ -13,8 +13,8 @@ import numpy as np
 
 from gatekv_jax.training import data
 
-TASKS = ("continuation", "recall", "needle", "qa")
-TASK_METRIC = {"continuation": "delta_nll", "recall": "nll", "needle": "accuracy", "qa": "f1"}
+TASKS = ("continuation", "decode", "recall", "needle", "qa")
+TASK_METRIC = {"continuation": "delta_nll", "decode": "delta_nll", "recall": "nll", "needle": "accuracy", "qa": "f1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,13 @@ def continuation_samples(config, tokenizer) -> list[Sample]:
     for tokens, _ in zip(_heldout_contexts(config, tokenizer, n + m), range(config.n_samples)):
         out.append(Sample(context=tokens[:n], continuation=tokens[n:], scored=np.ones(m, bool)))
     return out
+
+
+def decode_samples(config, tokenizer) -> list[Sample]:
+    """A context and the next `decode_length` tokens of the same stream, decoded with eviction."""
+    n, m = config.context_length, config.decode_length
+    return [Sample(context=tokens[:n], continuation=tokens[n:], scored=np.ones(m, bool))
+            for tokens, _ in zip(_heldout_contexts(config, tokenizer, n + m), range(config.n_samples))]
 
 
 def recall_samples(config, tokenizer) -> list[Sample]:
@@ -110,8 +117,8 @@ def qa_samples(config, tokenizer) -> list[Sample]:
     return out
 
 
-SAMPLE_BUILDERS = {"continuation": continuation_samples, "recall": recall_samples, "needle": needle_samples,
-                   "qa": qa_samples}
+SAMPLE_BUILDERS = {"continuation": continuation_samples, "decode": decode_samples, "recall": recall_samples,
+                   "needle": needle_samples, "qa": qa_samples}
 
 
 def copied_share(context: np.ndarray, continuation: np.ndarray, n: int = 8) -> float:

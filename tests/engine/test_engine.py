@@ -1,13 +1,16 @@
 """The engine: exactness against the plain forward, static shapes, every scorer and level, batches."""
 
+import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import gatekv_jax as gk
 from gatekv_jax import engine as inference
+from gatekv_jax.engine import plan
 from gatekv_jax.engine.teacher import RepeatPrompts
 from gatekv_jax.kv.gate import init_gates
 from gatekv_jax.kv.policy import SCORERS, EvictionPolicy
@@ -182,3 +185,64 @@ def test_gate_scorer_without_gates_is_an_error(tiny_model_dir):
     model = gk.load_model(folder)
     with pytest.raises(ValueError, match="scorer 'gate' needs gates"):
         inference.prefill(model, tokens_of(1, 8), EvictionPolicy(scorer="gate", ratio=0.5))
+
+
+def test_decode_continuation_evicts_as_generate_does_on_the_same_tokens(tiny_gemma3_dir):
+    """Teacher-forcing generate's own greedy tokens through decode_continuation: the same cache
+    after every eviction (budget 24, blocks of 8, 40 steps: several evictions), each step's argmax
+    is the token generate chose, and without a decode budget the NLL equals continuation_nll.
+    Scores are `random` (by position): the tiny random model soon repeats one token, whose gate
+    scores tie exactly, and exact ties may break either way on float noise between two programs."""
+    from gatekv_jax.engine import decode as decoding
+
+    model = gk.load_model(tiny_gemma3_dir)
+    gates = None
+    policy = EvictionPolicy(scorer="random", ratio=0.5, chunk_size=8, window=4, decode_budget=24, decode_block=8,
+                            decode_recent=8)
+    rows = [tokens_of(1, n, seed=n)[0].tolist() for n in (37, 29)]
+    steps = 40
+    generated = inference.generate(model, rows, policy, gates=gates, max_new_tokens=steps, stop_tokens=[])
+    forced = np.array(generated, np.int32)
+
+    def final_cache(run_forced: bool):
+        context = inference.prefill(model, rows, policy, gates=gates)
+        context, _ = inference_append(model, context, policy, gates, decoding.decode_room(policy, steps))
+        args = (model.params, gates, context.cache, context.last_logits, context.seen)
+        evicting = (np.full(2, 24, np.int32), np.full(2, policy.sink, np.int32), np.full(2, 8, np.int32))
+        static = dict(config=model.config, dtype=jnp.float32, spec=plan.scorer_spec(policy), evict_gated=True)
+        if run_forced:
+            padded = np.zeros((2, decoding.decode_bucket(steps)), np.int32)
+            padded[:, :steps] = forced
+            nll, predicted, cache = model.run(decoding.forced_decode_loop, *args, padded, np.full(2, steps, np.int32),
+                                              *evicting, **static)
+            return cache, np.asarray(predicted)[:, :steps]
+        out, cache = model.run(decoding.decode_loop, *args, jax.random.key(0), np.int32(steps),
+                               jnp.asarray([-1], jnp.int32), *evicting, sampling=inference.Sampling(0.0, 1.0),
+                               bucket=decoding.decode_bucket(steps), **static)
+        np.testing.assert_array_equal(np.asarray(out)[:, :steps], forced)
+        return cache, None
+
+    sampled_cache, _ = final_cache(False)
+    forced_cache, predicted = final_cache(True)
+    np.testing.assert_array_equal(predicted, forced)
+    for ours, theirs in zip(forced_cache.layers, sampled_cache.layers):
+        np.testing.assert_array_equal(np.asarray(ours.positions), np.asarray(theirs.positions))
+        np.testing.assert_allclose(np.asarray(ours.keys), np.asarray(theirs.keys), atol=1e-5)
+    gated = forced_cache.layers[model.config.full_attention_layers[0]]
+    assert int(np.asarray(gated.lengths).max()) <= 24 + 8  # evicted back to the budget while decoding
+    nll, predicted = inference.decode_continuation(model, rows, forced, policy, gates=gates)
+    assert nll.shape == (2, steps) and np.isfinite(nll).all()
+    np.testing.assert_array_equal(predicted, forced)
+    no_budget = dataclasses.replace(policy, decode_budget=None)
+    nll, _ = inference.decode_continuation(model, rows, forced, no_budget, gates=gates)
+    np.testing.assert_allclose(nll, inference.continuation_nll(model, rows, forced, no_budget, gates=gates),
+                               atol=2e-4)
+
+
+def inference_append(model, context, policy, gates, room):
+    """The append `generate` makes before its decode loop (no prompt, `room` slots, at least the budget)."""
+    from gatekv_jax.engine.chunks import append
+
+    return append(model, context, np.zeros((context.seen.shape[0], 0), np.int32),
+                  np.zeros(context.seen.shape[0], np.int32), policy, gates, room=room,
+                  min_filled=policy.decode_budget or 0)

@@ -19,13 +19,16 @@ def eval_config(tmp_path):
     gates = str(tmp_path / "gates.safetensors")
     gk.save_gates(gk.init_gates(gk.load_model(TINY_MODEL).config), gates)
     config.update(dict(model=TINY_MODEL, gates=gates, ratios="0.5,1.0", context_length=96, continuation_length=16,
+                       decode_length=200,  # decoding keeps 0.5 x ~300 tokens: above sink + decode_recent
                        recall_facts=2, needle_depths="0.5", n_samples=1, chunk_size=32, output=str(tmp_path / "out")))
     config.data.max_document_tokens = 200
     return config
 
 
 def test_every_task_and_scorer_end_to_end(tmp_path):
-    results = evaluate(eval_config(tmp_path))
+    config = eval_config(tmp_path)
+    config.tasks = ",".join(TASKS)  # the default leaves out "decode" (long on a CPU)
+    results = evaluate(config)
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     assert on_disk["records"] == results["records"]
     assert set(on_disk["header"]) >= {"model", "gates", "versions", "timings", "config"}
@@ -38,6 +41,8 @@ def test_every_task_and_scorer_end_to_end(tmp_path):
             assert record["kv_fraction"] == pytest.approx(1.0)
             if record["task"] == "continuation":
                 assert record["delta_nll"] == 0.0 and record["top1_agreement"] == 1.0 and record["kl"] == 0.0
+            if record["task"] == "decode":
+                assert record["delta_nll"] == 0.0 and record["top1_agreement"] == 1.0
             if record["task"] == "qa":
                 assert record["exact_match"] == 1.0 and record["f1"] == 1.0
         else:
@@ -45,6 +50,8 @@ def test_every_task_and_scorer_end_to_end(tmp_path):
         if record["task"] == "continuation":
             assert {"nll", "nll_full", "delta_nll", "kl", "top1_agreement"} <= set(record)
             assert 0.0 <= record["copied_8grams"] <= 1.0
+        if record["task"] == "decode":
+            assert {"nll", "nll_full", "delta_nll", "top1_agreement"} <= set(record)
         if record["task"] == "needle":
             assert 0.0 <= record["accuracy"] <= 1.0
         for metric, values in record["per_sample"].items():  # the mean of each metric over the samples
