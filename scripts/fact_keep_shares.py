@@ -1,0 +1,84 @@
+"""Which parts of the recall samples each scorer keeps: fact digits, the rest of the fact sentences, the filler.
+
+    python scripts/fact_keep_shares.py [--source prose] [--samples 10] [--ratio 0.3] [--scorers gate,keydiff]
+
+The recall samples are the ones `python -m gatekv_jax.evaluate` builds (default config: packaged
+gates, `token` level, pool 3; `--source` picks the held-out domain). Each context ("The code of
+<name> is <number>." planted ten times in held-out text) is prefilled under each scorer; the kept
+positions of the first gated layer (the `token` level keeps the same ones in every gated layer)
+are split into the planted numbers' tokens, the other tokens of the planted sentences, and the
+filler. Prints the share kept of each part per scorer (mean and per sample) and writes the same
+as JSON (`--output`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import numpy as np
+
+from gatekv_jax.engine.prefill import prefill
+from gatekv_jax.engine.teacher import RepeatPrompts
+from gatekv_jax.evaluation.runner import load_config, policy_for
+from gatekv_jax.evaluation.tasks import recall_samples
+from gatekv_jax.kv.gate_files import pretrained_gates
+from gatekv_jax.models.loading import load_model, load_tokenizer
+from gatekv_jax.utils.files import write_json
+
+FACT = re.compile(r"The code of \w+ is (\d+)\.")
+
+
+def fact_parts(pieces: list[str]) -> tuple[set[int], set[int]]:
+    """Token indices of the planted numbers and of the rest of the planted sentences."""
+    starts = np.cumsum([0] + [len(p) for p in pieces])
+    text = "".join(pieces)
+    digits, sentence = set(), set()
+    for match in FACT.finditer(text):
+        for i in range(len(pieces)):
+            if starts[i] < match.end() and starts[i + 1] > match.start():
+                inside_number = starts[i] < match.end(1) and starts[i + 1] > match.start(1)
+                (digits if inside_number else sentence).add(i)
+    return digits, sentence
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="prose")
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--scorers", default="gate,keydiff,snapkv,knorm,expected_attention")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    config = load_config(n_samples=args.samples)
+    config.data.source = args.source
+    model, tokenizer = load_model(config.model), load_tokenizer(config.model)
+    gates = pretrained_gates(config.model)
+    prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix
+    shares: dict[str, dict[str, list[float]]] = {}
+    for sample in recall_samples(config, tokenizer):
+        tokens = list(prefix) + sample.context.tolist()
+        digits, sentence = fact_parts([tokenizer.decode([t]) for t in tokens])
+        filler = set(range(len(prefix), len(tokens))) - digits - sentence
+        if len(digits) == 0:
+            raise ValueError("no planted facts found in a recall sample")
+        for scorer in args.scorers.split(","):
+            context = prefill(model, [tokens], policy_for(config, scorer, args.ratio),
+                              gates=gates if scorer == "gate" else None, prefix_length=len(prefix))
+            positions = np.asarray(context.cache.layers[model.config.full_attention_layers[0]].positions[0, 0])
+            kept = set(positions[positions >= 0].tolist())
+            row = shares.setdefault(scorer, {"digits": [], "fact_sentences": [], "filler": []})
+            for name, part in (("digits", digits), ("fact_sentences", sentence), ("filler", filler)):
+                row[name].append(len(kept & part) / len(part))
+    print(f"{args.source}, ratio {args.ratio}, {args.samples} recall samples: share of each part kept")
+    for scorer, row in shares.items():
+        print(f"  {scorer:19s} " + "  ".join(f"{name} {np.mean(v):.2f}" for name, v in row.items()))
+    if args.output:
+        write_json(args.output, {"source": args.source, "ratio": args.ratio, "samples": args.samples,
+                                 "shares": shares})
+    print(json.dumps({s: {k: round(float(np.mean(v)), 3) for k, v in row.items()} for s, row in shares.items()}))
+
+
+if __name__ == "__main__":
+    main()
