@@ -25,12 +25,16 @@ def user_prefill(model, policy, gates, tokens, lengths, traces):
                                         policy=policy)
         return logits, gk.evict_cache(cache, config, policy, keep, recent=recent)
 
-    recent = np.array([policy.protected_window(int(n)) for n in lengths], np.int32)
+    window = np.array([policy.protected_window(int(n)) for n in lengths], np.int32)
+    # the engine's rule: every eviction keeps the row's final budget (never fewer than its protected
+    # tokens) and protects only the row's last `window` tokens, as they arrive
+    final = np.array([plan.protected_keep(policy, int(n), policy.sink, int(w)) for n, w in zip(lengths, window)])
     for start in range(0, tokens.shape[1], CHUNK):
         positions = np.arange(start, start + CHUNK)[None, :].repeat(len(tokens), 0)
         positions = np.where(positions < lengths[:, None], positions, -1).astype(np.int32)
-        seen = [int(min(n, start + CHUNK)) for n in lengths]  # never fewer than the protected tokens (engine rule)
-        keep = np.array([plan.protected_keep(policy, s, policy.sink, int(r)) for s, r in zip(seen, recent)], np.int32)
+        seen = np.minimum(lengths, start + CHUNK)
+        keep = np.minimum(final, seen).astype(np.int32)
+        recent = np.maximum(window - (lengths - seen), 0).astype(np.int32)
         _, cache = step(model.params, gates, cache, jnp.asarray(tokens[:, start:start + CHUNK]), positions, keep,
                         recent)
     return cache
