@@ -1,4 +1,4 @@
-"""`generate` and `decode_continuation`: the decode loop as one jitted loop, with eviction while decoding.
+"""`generate`: the decode loop as one jitted loop, with eviction while decoding (and its teacher-forced twin).
 
 The loop's output buffer has a bucketed length (a power of two >= `max_new_tokens`, at least
 `MIN_DECODE_BUCKET`) and the number of steps is a traced value, so a new `max_new_tokens` within a
@@ -120,7 +120,7 @@ def forced_decode_loop(params: dict, gates: dict | None, cache: KVCache, logits:
     return replicated(nll.T), replicated(predicted.T), cache
 
 
-def _check_generation_room(model: Model, context: CompressedContext, new_slots: int, max_new_tokens: int) -> None:
+def check_generation_room(model: Model, context: CompressedContext, new_slots: int, max_new_tokens: int) -> None:
     """Refuse, before allocating, a generation whose positions leave int32 or whose cache growth
     (`new_slots` per gated head) exceeds the device memory a backend reports (TPU, GPU)."""
     last = int(np.asarray(context.seen).max()) + new_slots
@@ -165,7 +165,7 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates:
     budget = policy.decode_budget
     bucket = decode_bucket(max_new_tokens)
     room = decode_room(policy, max_new_tokens)
-    _check_generation_room(model, context, tokens.shape[1] + room, max_new_tokens)
+    check_generation_room(model, context, tokens.shape[1] + room, max_new_tokens)
     context, _ = append(model, context, tokens, lengths, policy, gates, room=room, min_filled=budget or 0)
     out, _ = model.run(
         decode_loop, model.params, gates, context.cache, context.last_logits, context.seen, jax.random.key(seed),
@@ -179,37 +179,3 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates:
         stop_at = next((i for i, t in enumerate(row) if t in stop or t < 0), len(row))
         rows.append(row[:stop_at])
     return rows
-
-
-def decode_continuation(model: Model, context_tokens: Any, continuation_tokens: Any, policy: EvictionPolicy, *,
-                        gates: dict | None = None,
-                        context: CompressedContext | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Teacher-forced continuation decoded one token at a time, as `generate` decodes: gated layers
-    are evicted back to `policy.decode_budget` whenever a block is full (no eviction when it is
-    None). The context is `context_tokens` prefilled under `policy`, or `context` (from `prefill`;
-    pass None as context_tokens). Returns `(nll [B, M], predicted [B, M])`: each token's NLL given
-    the ones before it and the argmax id at that step (NaN and -1 past a row's length)."""
-    gates = gates_for(model, policy, gates)
-    if (context_tokens is None) == (context is None):
-        raise ValueError("give exactly one of context_tokens (prefilled under the policy) and context= "
-                         "(a CompressedContext from prefill)")
-    if context is None:
-        context = prefill(model, context_tokens, policy, gates=gates)
-    tokens, lengths = as_batch(continuation_tokens, model.config.vocab_size)
-    if tokens.shape[0] != context.seen.shape[0]:
-        raise ValueError(f"{tokens.shape[0]} rows of continuation for a context of {context.seen.shape[0]} rows")
-    batch, length = tokens.shape
-    budget = policy.decode_budget
-    bucket = decode_bucket(length)
-    padded = np.zeros((batch, bucket), np.int32)
-    padded[:, :length] = tokens
-    room = decode_room(policy, bucket)
-    _check_generation_room(model, context, room, length)
-    context, _ = append(model, context, np.zeros((batch, 0), np.int32), np.zeros(batch, np.int32), policy, gates,
-                        room=room, min_filled=budget or 0)
-    nll, predicted, _ = model.run(
-        forced_decode_loop, model.params, gates, context.cache, context.last_logits, context.seen, padded, lengths,
-        np.full(batch, budget or 0, np.int32), np.full(batch, policy.sink, np.int32),
-        np.full(batch, policy.decode_recent, np.int32), config=model.config, dtype=jnp.dtype(model.dtype),
-        spec=plan.scorer_spec(policy), evict_gated=budget is not None)
-    return np.asarray(nll)[:, :length], np.asarray(predicted)[:, :length]

@@ -1,4 +1,5 @@
-"""Teacher-forced scoring of a continuation over a compressed context: per-token NLL or log-probs."""
+"""Teacher-forced scoring of a continuation over a compressed context: per-token NLL or log-probs,
+appended without eviction or decoded with decode-time eviction."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gatekv_jax.engine import plan
 from gatekv_jax.engine.chunks import append
+from gatekv_jax.engine.decode import check_generation_room, decode_bucket, decode_room, forced_decode_loop
 from gatekv_jax.engine.inputs import as_batch
 from gatekv_jax.engine.prefill import gates_for, prefill
 from gatekv_jax.kv.cache import CompressedContext
@@ -57,3 +60,33 @@ def continuation_log_probs(model: Model, context_tokens: Any, continuation_token
     _, rest = append(model, context, tokens[:, :-1], np.maximum(lengths - 1, 0), policy, gates,
                      outputs="log_probs")
     return jnp.concatenate([first, rest], axis=1)
+
+
+def decode_continuation(model: Model, context_tokens: Any, continuation_tokens: Any, policy: EvictionPolicy, *,
+                        gates: dict | None = None,
+                        context: CompressedContext | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher-forced continuation decoded one token at a time, as `generate` decodes: gated layers
+    are evicted back to `policy.decode_budget` whenever a block is full (no eviction when it is
+    None). The context is `context_tokens` prefilled under `policy`, or `context` (from `prefill`;
+    pass None as context_tokens). Returns `(nll [B, M], predicted [B, M])`: each token's NLL given
+    the ones before it and the argmax id at that step (NaN and -1 past a row's length)."""
+    gates = gates_for(model, policy, gates)
+    context = _context(model, context_tokens, policy, gates, context)
+    tokens, lengths = as_batch(continuation_tokens, model.config.vocab_size)
+    if tokens.shape[0] != context.seen.shape[0]:
+        raise ValueError(f"{tokens.shape[0]} rows of continuation for a context of {context.seen.shape[0]} rows")
+    batch, length = tokens.shape
+    budget = policy.decode_budget
+    bucket = decode_bucket(length)
+    padded = np.zeros((batch, bucket), np.int32)
+    padded[:, :length] = tokens
+    room = decode_room(policy, bucket)
+    check_generation_room(model, context, room, length)
+    context, _ = append(model, context, np.zeros((batch, 0), np.int32), np.zeros(batch, np.int32), policy, gates,
+                        room=room, min_filled=budget or 0)
+    nll, predicted, _ = model.run(
+        forced_decode_loop, model.params, gates, context.cache, context.last_logits, context.seen, padded, lengths,
+        np.full(batch, budget or 0, np.int32), np.full(batch, policy.sink, np.int32),
+        np.full(batch, policy.decode_recent, np.int32), config=model.config, dtype=jnp.dtype(model.dtype),
+        spec=plan.scorer_spec(policy), evict_gated=budget is not None)
+    return np.asarray(nll)[:, :length], np.asarray(predicted)[:, :length]

@@ -12,6 +12,8 @@ from __future__ import annotations
 TABLES = (
     ("continuation", "delta_nll", "continuation: NLL increase over full (full NLL {full})", "{:+.3f}"),
     ("continuation", "top1_agreement", "continuation: top-1 agreement with full", "{:.3f}"),
+    ("decode", "delta_nll", "decode: NLL increase over full, evicting while decoding (full NLL {full})", "{:+.3f}"),
+    ("decode", "top1_agreement", "decode: top-1 agreement with full", "{:.3f}"),
     ("recall", "nll", "recall: NLL of the recalled facts (full {full})", "{:.3f}"),
     ("recall", "gap_closed", "recall: share of the streaming-to-full NLL gap closed", "{:.0%}"),
     ("needle", "accuracy", "needle: pass-key accuracy (full {full})", "{:.2f}"),

@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.engine.decode import decode_continuation, generate
+from gatekv_jax.engine.decode import generate
 from gatekv_jax.engine.oracle import TeacherMemo
 from gatekv_jax.engine.prefill import prefill
-from gatekv_jax.engine.scoring import continuation_log_probs
+from gatekv_jax.engine.scoring import continuation_log_probs, decode_continuation
 from gatekv_jax.engine.teacher import RepeatPrompts
 from gatekv_jax.evaluation.tasks import SAMPLE_BUILDERS, TASK_METRIC, TASKS, Sample, copied_share, token_f1
 from gatekv_jax.kv.gate_files import PRETRAINED, load_gates, pretrained_gates
