@@ -59,7 +59,7 @@ class ScorerSpec:
     def updated_scores(self, sliding: bool, cache, step: AttentionStep) -> jax.Array:
         """Slot scores [B, K, S] of a layer cache (the call's tokens appended) after attention `step`."""
         scores = cache.scores
-        if sliding or self.name not in ("snapkv", "h2o", "kvzip", "keydiff", "knorm", "expected_attention"):
+        if sliding:
             return scores
         if self.name == "keydiff":
             return keydiff_scores(cache.keys, cache.positions)
@@ -72,6 +72,8 @@ class ScorerSpec:
             return jnp.maximum(scores, weights.max(axis=(2, 3)))
         if self.name == "h2o":
             return scores + weights.sum(axis=(2, 3))
+        if self.name != "snapkv":  # scored once, at append (gate, streaming, random) or never (full)
+            return scores
         length = query_positions.shape[1]
         if length > 1:  # prefill chunk: the observation window is the row's last queries
             last = query_positions.max(axis=1, keepdims=True)  # [B, 1]
