@@ -7,8 +7,9 @@ gates, `token` level, pool 3; `--source` picks the held-out domain). Each contex
 <name> is <number>." planted ten times in held-out text) is prefilled under each scorer; the kept
 positions of the first gated layer (the `token` level keeps the same ones in every gated layer)
 are split into the planted numbers' tokens, the other tokens of the planted sentences, and the
-filler. Prints the share kept of each part per scorer (mean and per sample) and writes the same
-as JSON (`--output`).
+filler. Prints the share kept of each part per scorer (mean and per sample), and for every other
+scorer the digits it keeps that the gate drops (what a combination of the two could add at
+most), and writes the same as JSON (`--output`).
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ def main() -> None:
     gates = pretrained_gates(config.model)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix
     shares: dict[str, dict[str, list[float]]] = {}
+    beside_gate: dict[str, dict[str, list[float]]] = {}
     for sample in recall_samples(config, tokenizer):
         tokens = list(prefix) + sample.context.tolist()
         digits, sentence = fact_parts([tokenizer.decode([t]) for t in tokens])
         filler = set(range(len(prefix), len(tokens))) - digits - sentence
         if len(digits) == 0:
             raise ValueError("no planted facts found in a recall sample")
+        kept_digits = {}
         for scorer in args.scorers.split(","):
             context = prefill(model, [tokens], policy_for(config, scorer, args.ratio),
                               gates=gates if scorer == "gate" else None, prefix_length=len(prefix))
@@ -71,12 +74,20 @@ def main() -> None:
             row = shares.setdefault(scorer, {"digits": [], "fact_sentences": [], "filler": []})
             for name, part in (("digits", digits), ("fact_sentences", sentence), ("filler", filler)):
                 row[name].append(len(kept & part) / len(part))
+            kept_digits[scorer] = kept & digits
+        for scorer, kept in kept_digits.items():
+            if "gate" in kept_digits and scorer != "gate":
+                row = beside_gate.setdefault(scorer, {"digits_only_this_keeps": [], "digits_either_keeps": []})
+                row["digits_only_this_keeps"].append(len(kept - kept_digits["gate"]) / len(digits))
+                row["digits_either_keeps"].append(len(kept | kept_digits["gate"]) / len(digits))
     print(f"{args.source}, ratio {args.ratio}, {args.samples} recall samples: share of each part kept")
     for scorer, row in shares.items():
         print(f"  {scorer:19s} " + "  ".join(f"{name} {np.mean(v):.2f}" for name, v in row.items()))
+    for scorer, row in beside_gate.items():
+        print(f"  gate with {scorer}: " + "  ".join(f"{name} {np.mean(v):.2f}" for name, v in row.items()))
     if args.output:
         write_json(args.output, {"source": args.source, "ratio": args.ratio, "samples": args.samples,
-                                 "shares": shares})
+                                 "shares": shares, "beside_gate": beside_gate})
     print(json.dumps({s: {k: round(float(np.mean(v)), 3) for k, v in row.items()} for s, row in shares.items()}))
 
 
