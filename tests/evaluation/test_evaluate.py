@@ -145,6 +145,22 @@ def test_tables_show_standard_errors_and_keep_domains_apart():
     assert "(2000 tokens, prose, token (pool 3) level, 3 samples)" in text and "| gate | 0.750 |" in text
 
 
+def test_a_run_without_streaming_takes_its_gap_from_another_run_on_the_same_samples():
+    def results(*scorers_and_nll, nll_full=0.5):
+        records = [{"task": "recall", "scorer": scorer, "ratio": 0.3, "level": "token", "n_samples": 4, "nll": nll,
+                    "nll_full": nll_full, "kv_fraction": 0.3} for scorer, nll in scorers_and_nll]
+        add_gap_closed(records)
+        return {"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": records}
+
+    with_streaming = results(("full", 0.5), ("streaming", 2.5), ("gate", 1.0))
+    same_samples = results(("full", 0.5), ("snapkv", 1.5))
+    other_samples = results(("full", 0.6), ("knorm", 1.5), nll_full=0.6)
+    text = markdown_tables(with_streaming, same_samples, other_samples)
+    gap_table = text[text.index("gap closed"):]
+    assert "| gate | 75% |" in gap_table and "| snapkv | 50% |" in gap_table  # (2.5 - 1.5) / (2.5 - 0.5)
+    assert "knorm" not in gap_table  # other samples (another full-cache NLL): no gap from this streaming
+
+
 def test_copied_share_counts_the_continuation_8grams_found_in_the_context():
     context = np.arange(20)
     assert copied_share(context, np.arange(5, 15)) == 1.0  # its 3 8-grams all occur in the context
