@@ -1,7 +1,7 @@
 """Evaluation: held-out tasks, the resumable runner (`python -m gatekv_jax.evaluate`), markdown reports."""
 
-from gatekv_jax.evaluation.report import markdown_tables
-from gatekv_jax.evaluation.runner import add_gap_closed, evaluate, load_config, policy_for
+from gatekv_jax.evaluation.report import add_gap_closed, markdown_tables
+from gatekv_jax.evaluation.runner import evaluate, load_config, policy_for
 from gatekv_jax.evaluation.tasks import (
                                          SAMPLE_BUILDERS,
                                          TASKS,

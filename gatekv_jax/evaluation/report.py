@@ -40,17 +40,20 @@ def _cell(record: dict, metric: str, fmt: str) -> str:
     return value if error is None else f"{value} ± {fmt.replace('+', '').format(error)}"
 
 
-def _gap_closed_across_files(group: list[dict]) -> None:
-    """Recall records without `gap_closed` (their run had no streaming) take it from a streaming
-    record of another file on the same samples: same ratio and the same full-cache NLL."""
-    streaming = {(r["ratio"], r["nll_full"]): r["nll"] for r in group
+def add_gap_closed(records: list[dict]) -> None:
+    """For `recall` records: the share of the streaming-to-full NLL gap each scorer closes at the same
+    ratio and level, `(nll_streaming - nll) / (nll_streaming - nll_full)` (1 = as good as full, 0 = as
+    good as streaming, < 0 = worse); left out where streaming was not run or ties full. Streaming may
+    come from another run on the same samples (the same full-cache NLL), so merged files share it."""
+    streaming = {(r["ratio"], r["level"], r["nll_full"]): r["nll"] for r in records
                  if r["task"] == "recall" and r["scorer"] == "streaming"}
-    for record in group:
-        key = (record["ratio"], record.get("nll_full"))
-        if record["task"] == "recall" and "gap_closed" not in record and key in streaming:
-            gap = streaming[key] - record["nll_full"]
-            if gap > 0:
-                record["gap_closed"] = (streaming[key] - record["nll"]) / gap
+    for record in records:
+        key = (record["ratio"], record["level"], record.get("nll_full"))
+        if record["task"] != "recall" or key not in streaming:
+            continue
+        gap = streaming[key] - record["nll_full"]
+        if gap > 0:
+            record["gap_closed"] = (streaming[key] - record["nll"]) / gap
 
 
 def markdown_tables(*results: dict) -> str:
@@ -62,7 +65,7 @@ def markdown_tables(*results: dict) -> str:
     out = []
     for length, domain, level in groups:
         group = [r for r in records if (r["context_length"], r["domain"], r["level"]) == (length, domain, level)]
-        _gap_closed_across_files(group)
+        add_gap_closed(group)
         for task, metric, title, fmt in TABLES:
             rows = [r for r in group if r["task"] == task and metric in r and r["scorer"] != "full"]
             if not rows:

@@ -36,6 +36,7 @@ from gatekv_jax.engine.oracle import TeacherMemo
 from gatekv_jax.engine.prefill import prefill
 from gatekv_jax.engine.scoring import continuation_log_probs, decode_continuation
 from gatekv_jax.engine.teacher import RepeatPrompts
+from gatekv_jax.evaluation.report import add_gap_closed
 from gatekv_jax.evaluation.tasks import SAMPLE_BUILDERS, TASK_METRIC, TASKS, Sample, copied_share, token_f1
 from gatekv_jax.kv.gate_files import PRETRAINED, load_gates, pretrained_gates
 from gatekv_jax.kv.policy import SCORERS, EvictionPolicy
@@ -257,20 +258,6 @@ def _previous_run(config, path: str) -> tuple[dict[tuple, dict], dict[str, float
         raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
                          f"pass a new --config.output or remove the file")
     return {_record_key(r): r for r in previous["records"]}, dict(previous["header"]["timings"])
-
-
-def add_gap_closed(records: list[dict]) -> None:
-    """For `recall` records: the share of the streaming-to-full NLL gap each scorer closes at the same
-    ratio and level, `(nll_streaming - nll) / (nll_streaming - nll_full)` (1 = as good as full, 0 = as
-    good as streaming, < 0 = worse); left out where streaming was not run or ties full."""
-    streaming = {(r["ratio"], r["level"]): r["nll"] for r in records
-                 if r["task"] == "recall" and r["scorer"] == "streaming"}
-    for record in records:
-        if record["task"] != "recall" or (record["ratio"], record["level"]) not in streaming:
-            continue
-        gap = streaming[record["ratio"], record["level"]] - record["nll_full"]
-        if gap > 0:
-            record["gap_closed"] = (streaming[record["ratio"], record["level"]] - record["nll"]) / gap
 
 
 def _row(record: dict) -> str:
