@@ -31,3 +31,18 @@ def tiny_model_dir(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     save_tiny_model(request.param, folder)
     return request.param, folder
+
+
+@pytest.fixture(params=["whole", "blocks"])
+def attention_blocks(request, monkeypatch):
+    """Run a test as is ("whole") and again with chunks attending in blocks of 4 slots ("blocks"), so
+    the tiny models take the blocked path (`blocked_attention`) that long buffers take."""
+    if request.param == "blocks":
+        from gatekv_jax.models import decoder
+
+        monkeypatch.setattr(decoder, "ATTENTION_BLOCK", 4)
+        jax.clear_caches()  # the jitted steps were traced with the real block size
+        yield request.param
+        jax.clear_caches()
+    else:
+        yield request.param

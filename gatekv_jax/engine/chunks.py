@@ -31,22 +31,23 @@ MIN_APPEND_CHUNK = 16
 @functools.partial(jax.jit, donate_argnames=("cache",),
                    static_argnames=("config", "dtype", "spec", "allocation", "evict_gated", "outputs"))
 def chunk_step(params: dict, gates: dict | None, cache: KVCache, tokens: jax.Array, positions: jax.Array,
-               targets: jax.Array, previous_logits: jax.Array, keep: jax.Array, protect_before: jax.Array,
+               targets: jax.Array, previous_hidden: jax.Array, keep: jax.Array, protect_before: jax.Array,
                recent: jax.Array, *, config: ModelConfig, dtype: Any, spec: ScorerSpec, allocation: Allocation,
                evict_gated: bool, outputs: str) -> tuple[KVCache, jax.Array, Any, jax.Array]:
     """One chunk appended, then eviction (sliding layers back to their window; gated layers to
-    `keep` [B] when `evict_gated`): `(cache, last_logits [B, V], extra, finite)`. `outputs` picks
+    `keep` [B] when `evict_gated`): `(cache, last_hidden [B, D], extra, finite)`. `last_hidden` is the
+    final hidden state of each row's newest token so far (`previous_hidden` for rows without a token
+    in this chunk); `last_logits` turns it into logits once, after the last chunk. `outputs` picks
     extra: "none", "nll" (NLL of `targets` [B, C], -1 = none) or "log_probs" (next-token
-    log-probabilities [B, C, V]). `finite` is False when a logit or the score of a filled gated
+    log-probabilities [B, C, V]). `finite` is False when a hidden state or the score of a filled gated
     slot is NaN or infinite (checked before eviction, which would silently drop NaN-scored slots)."""
     module = Decoder(config, dtype=dtype, scorer=spec)
     variables = {"params": params}
     hidden, cache = module.apply(variables, tokens, positions, cache, gates, method=Decoder.hidden_states)
     last = jnp.argmax(positions, axis=1)  # [B] index of the newest real token
-    picked = jnp.take_along_axis(hidden, last[:, None, None], axis=1)  # [B, 1, D]
-    logits = module.apply(variables, picked, method=Decoder.logits)[:, 0]  # [B, V]
+    picked = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, D]
     has_token = (positions >= 0).any(axis=1)
-    last_logits = jnp.where(has_token[:, None], logits, previous_logits)
+    last_hidden = jnp.where(has_token[:, None], picked, previous_hidden)
     extra = None
     if outputs != "none":
         log_probs = jax.nn.log_softmax(module.apply(variables, hidden, method=Decoder.logits), axis=-1)
@@ -55,13 +56,24 @@ def chunk_step(params: dict, gates: dict | None, cache: KVCache, tokens: jax.Arr
         else:
             picked_lp = jnp.take_along_axis(log_probs, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
             extra = jnp.where(targets >= 0, -picked_lp, jnp.nan)  # [B, C]
-    finite = jnp.isfinite(last_logits).all()
+    finite = jnp.isfinite(last_hidden).all()
     for i in config.full_attention_layers:
         layer = cache.layers[i]
         finite &= (jnp.isfinite(layer.scores) | (layer.positions < 0)).all()
     cache = evict(cache, config, keep, protect_before, recent, allocation, evict_gated=evict_gated)
-    return (cache, replicated(last_logits), None if extra is None else replicated(extra),  # host-bound
+    return (cache, replicated(last_hidden), None if extra is None else replicated(extra),  # host-bound
             replicated(finite))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
+def last_logits(params: dict, last_hidden: jax.Array, fallback: jax.Array, use_hidden: jax.Array, *,
+                config: ModelConfig, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """Logits [B, V] of each row's newest token from its final hidden state [B, D] (`fallback` [B, V]
+    where `use_hidden` [B] is False), once per prefill or append: the LM head is most of a decode step's
+    bytes, and only the last chunk's logits are kept. Also whether they are all finite."""
+    logits = Decoder(config, dtype=dtype).apply({"params": params}, last_hidden[:, None], method=Decoder.logits)
+    logits = jnp.where(use_hidden[:, None], logits[:, 0], fallback)
+    return replicated(logits), replicated(jnp.isfinite(logits).all())
 
 
 def check_context(config: ModelConfig, context: CompressedContext) -> None:
@@ -75,7 +87,7 @@ def check_context(config: ModelConfig, context: CompressedContext) -> None:
 
 
 def check_finite(flags: list[jax.Array], what: str) -> None:
-    """Raise when any chunk step reported a non-finite logit or score (one host sync, at the end)."""
+    """Raise when any step reported a non-finite hidden state, logit or score (one host sync, at the end)."""
     if not all(jax.device_get(flags)):  # no jnp op here: it would compile per number of chunks
         raise FloatingPointError(
             f"non-finite logits or KV scores during {what}: the model's activations overflow (float16? use "
@@ -96,7 +108,7 @@ def prefill_chunks(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
     static = dict(config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy),
                   allocation=plan.allocation(config, policy, bucket, min_keep), evict_gated=policy.evicts,
                   outputs="none")
-    last_logits = jnp.zeros((batch, config.vocab_size), jnp.float32)
+    last_hidden = jnp.zeros((batch, config.hidden_size), model.dtype)
     no_targets = np.full((batch, chunk), -1, np.int32)
     padded, positions = chunk_layout(tokens, lengths, chunk)
     # Every eviction keeps the row's final budget (a budget of ratio x tokens seen would cap every
@@ -111,13 +123,15 @@ def prefill_chunks(model: Model, tokens: np.ndarray, lengths: np.ndarray, policy
         seen = np.minimum(lengths, (c + 1) * chunk)
         keep = np.minimum(final_keep, seen).astype(np.int32)
         recent_now = np.maximum(recent - (lengths - seen), 0).astype(np.int32)
-        cache, last_logits, _, finite = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
-                                                  positions[:, piece], no_targets, last_logits, keep,
+        cache, last_hidden, _, finite = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
+                                                  positions[:, piece], no_targets, last_hidden, keep,
                                                   protect_before, recent_now, **static)
         flags.append(finite)
-    check_finite(flags, "prefill")
+    logits, finite = model.run(last_logits, model.params, last_hidden, jnp.zeros((batch, config.vocab_size)),
+                               np.ones(batch, bool), config=config, dtype=static["dtype"])
+    check_finite(flags + [finite], "prefill")
     cache = shrink_cache(cache, plan.final_capacities(config, policy, bucket, min_keep))
-    return CompressedContext(cache=cache, seen=jnp.asarray(lengths), last_logits=last_logits)
+    return CompressedContext(cache=cache, seen=jnp.asarray(lengths), last_logits=logits)
 
 
 def append(model: Model, context: CompressedContext, tokens: np.ndarray, lengths: np.ndarray,
@@ -147,16 +161,18 @@ def append(model: Model, context: CompressedContext, tokens: np.ndarray, lengths
     static = dict(config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy), allocation=PER_HEAD,
                   evict_gated=False, outputs=outputs)
     zeros = np.zeros(batch, np.int32)
-    last_logits, pieces, flags = context.last_logits, [], []
+    last_hidden, pieces, flags = jnp.zeros((batch, config.hidden_size), model.dtype), [], []
     for c in range(padded.shape[1] // chunk):
         piece = slice(c * chunk, (c + 1) * chunk)
-        cache, last_logits, extra, finite = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
-                                                      positions[:, piece], targets[:, piece], last_logits, zeros,
+        cache, last_hidden, extra, finite = model.run(chunk_step, model.params, gates, cache, padded[:, piece],
+                                                      positions[:, piece], targets[:, piece], last_hidden, zeros,
                                                       zeros, zeros, **static)
         pieces.append(extra)
         flags.append(finite)
-    check_finite(flags, "append")
-    new_context = CompressedContext(cache=cache, seen=jnp.asarray(seen + lengths), last_logits=last_logits)
+    logits, finite = model.run(last_logits, model.params, last_hidden, context.last_logits, np.asarray(lengths) > 0,
+                               config=config, dtype=static["dtype"])
+    check_finite(flags + [finite], "append")
+    new_context = CompressedContext(cache=cache, seen=jnp.asarray(seen + lengths), last_logits=logits)
     if outputs == "nll":
         return new_context, np.concatenate([np.asarray(p) for p in pieces], axis=1)[:, :length - 1]
     if outputs == "log_probs":

@@ -27,6 +27,8 @@ from gatekv_jax.models.layers import MASKED_LOGIT, mean_rotation, rotate_half
 # Future positions whose RoPE rotation `expected_attention` averages (the Expected Attention paper's 512).
 EXPECTED_ATTENTION_FUTURE = 512
 _EPS = 1e-8
+# Scorers whose updated scores come from the attention weights of each call.
+ATTENTION_SCORERS = ("kvzip", "h2o", "snapkv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,10 @@ class ScorerSpec:
             per_position = jax.vmap(lambda p: jax.random.uniform(jax.random.fold_in(key, p), (num_kv_heads,)))
             return per_position(positions.reshape(-1)).reshape(shape)
         return jnp.zeros(shape, jnp.float32)
+
+    def needs_attention_weights(self, sliding: bool) -> bool:
+        """Whether `updated_scores` reads the attention weights: the scorers that learn from attention."""
+        return not sliding and self.name in ATTENTION_SCORERS
 
     def updated_scores(self, sliding: bool, cache, step: AttentionStep) -> jax.Array:
         """Slot scores [B, K, S] of a layer cache (the call's tokens appended) after attention `step`."""

@@ -7,7 +7,7 @@ tokens [B, T] int32; positions [B, T] int32 with -1 for padding; cache a KV cach
 from positions, so batches may mix lengths and padding may sit anywhere.
 
 The decoder knows nothing of eviction: with a cache, each layer appends its new keys and values
-and asks the injected `scorer` (any hashable object with the two `CacheScorer` methods, e.g.
+and asks the injected `scorer` (any hashable object with the three `CacheScorer` methods, e.g.
 `gatekv_jax.kv.scorers.ScorerSpec`) for the score of every slot. `gates` holds per-layer scorer
 parameters (`{"layer_<i>": ...}`, the Fast KVzip gates) handed to the scorer unchanged.
 """
@@ -21,15 +21,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gatekv_jax.models import layers
 from gatekv_jax.models.config import ModelConfig, RopeConfig
-from gatekv_jax.models.layers import MLP, Einsum, RMSNorm, apply_rope, attend, attention_mask, attention_weights
+from gatekv_jax.models.layers import MLP, Einsum, RMSNorm, apply_rope
 from gatekv_jax.utils.sharding import constrain
+
+# Cache slots per block when a chunk of several tokens attends without forming its weights.
+ATTENTION_BLOCK = 512
 
 
 class AttentionStep(NamedTuple):
     """What one attention call over a cache saw, for scorers that rescore the cache after it."""
 
-    weights: jax.Array  # [B, K, T, G, S] float32 softmax weights
+    weights: jax.Array | None  # [B, K, T, G, S] float32 softmax weights; None unless the scorer asked for them
     queries: jax.Array  # [B, T, N, H] before RoPE (after any query norm)
     positions: jax.Array  # [B, T] query positions, -1 = padding
     rope: RopeConfig  # the layer's rotary embedding
@@ -45,6 +49,9 @@ class CacheScorer(Protocol):
 
     def updated_scores(self, sliding: bool, cache: Any, step: AttentionStep) -> jax.Array:
         """Slot scores [B, K, S] of the layer's cache (new tokens appended) after attention `step`."""
+
+    def needs_attention_weights(self, sliding: bool) -> bool:
+        """Whether `updated_scores` reads `step.weights` (else the layer may attend without forming them)."""
 
 
 class Attention(nn.Module):
@@ -99,12 +106,19 @@ class Attention(nn.Module):
                                                       layer_params)  # [B, T, K]
             cache = cache.append(keys, values, positions, scores)
             all_keys, all_values, key_positions = cache.keys, cache.values, cache.positions
-        mask = attention_mask(positions, key_positions, c.window_of(self.layer))  # [B, K, T, S]
-        weights = attention_weights(queries, all_keys, mask, scale=c.query_scale)  # [B, K, T, G, S]
+        window = c.window_of(self.layer)
+        needs_weights = self.scorer is not None and self.scorer.needs_attention_weights(sliding)
+        if cache is not None and positions.shape[1] > 1 and cache.capacity > ATTENTION_BLOCK and not needs_weights:
+            weights = None  # a chunk over a long buffer: blocks of filled slots only (see blocked_attention)
+            out = layers.blocked_attention(queries, all_keys, all_values, positions, key_positions, cache.lengths,
+                                           window, scale=c.query_scale, block=ATTENTION_BLOCK)  # [B, K, T, G, H]
+        else:
+            mask = layers.attention_mask(positions, key_positions, window)  # [B, K, T, S]
+            weights = layers.attention_weights(queries, all_keys, mask, scale=c.query_scale)  # [B, K, T, G, S]
+            out = layers.attend(weights, all_values)  # [B, K, T, G, H]
         if cache is not None and self.scorer is not None:
             step = AttentionStep(weights, unrotated_queries, positions, rope, c.query_scale)
             cache = cache.replace(scores=self.scorer.updated_scores(sliding, cache, step))
-        out = attend(weights, all_values)  # [B, K, T, G, H]
         return self.o_proj(out), cache  # [B, T, D]
 
 

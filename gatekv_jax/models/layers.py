@@ -135,6 +135,52 @@ def attend(weights: jax.Array, values: jax.Array) -> jax.Array:
     return jnp.einsum("BKTGS,BKSH->BKTGH", weights.astype(values.dtype), values)
 
 
+def blocked_attention(queries: jax.Array, keys: jax.Array, values: jax.Array, query_positions: jax.Array,
+                      key_positions: jax.Array, filled: jax.Array, window: int | None, *, scale: float,
+                      block: int) -> jax.Array:
+    """The outputs of `attend(attention_weights(...), values)` without the weights: an online softmax over
+    blocks of `block` slots, reading only the blocks that hold a filled slot.
+
+    queries [B, T, N, H], keys / values [B, K, S, H], query_positions [B, T], key_positions [B, K, S],
+    filled [B, K] (filled slots sit at the front of the buffer) -> outputs [B, K, T, G, H]. In a prefill
+    chunk most of a long buffer is still empty, and the [T, G, block] pieces stay in cache where a
+    [T, G, S] softmax does not. The last block may overlap the one before it (S not a multiple of
+    `block`); slots counted already are masked there.
+    """
+    batch, length, num_heads, head_dim = queries.shape
+    num_kv_heads, slots = keys.shape[1], keys.shape[2]
+    group = num_heads // num_kv_heads
+    block = min(block, slots)
+    grouped = queries.reshape(batch, length, num_kv_heads, group, head_dim)  # [B, T, K, G, H]
+    num_blocks = (jnp.max(filled) + block - 1) // block
+
+    def one_block(index, carry):
+        running_max, total, outputs = carry  # [B, K, T, G], [B, K, T, G], [B, K, T, G, H] float32
+        start = jnp.minimum(index * block, slots - block)
+        block_keys = jax.lax.dynamic_slice_in_dim(keys, start, block, axis=2)  # [B, K, block, H]
+        block_values = jax.lax.dynamic_slice_in_dim(values, start, block, axis=2)
+        block_positions = jax.lax.dynamic_slice_in_dim(key_positions, start, block, axis=2)  # [B, K, block]
+        new_slots = start + jnp.arange(block) >= index * block  # [block] False where the blocks overlap
+        mask = attention_mask(query_positions, block_positions, window) & new_slots  # [B, K, T, block]
+        logits = jnp.einsum("BTKGH,BKSH->BKTGS", grouped, block_keys, preferred_element_type=jnp.float32) * scale
+        logits = jnp.where(mask[:, :, :, None], logits, MASKED_LOGIT)  # [B, K, T, G, block]
+        new_max = jnp.maximum(running_max, logits.max(axis=-1))
+        weights = jnp.exp(logits - new_max[..., None])
+        rescale = jnp.exp(running_max - new_max)
+        total = total * rescale + weights.sum(axis=-1)
+        block_outputs = jnp.einsum("BKTGS,BKSH->BKTGH", weights.astype(values.dtype), block_values,
+                                   preferred_element_type=jnp.float32)
+        return new_max, total, outputs * rescale[..., None] + block_outputs
+
+    shape = (batch, num_kv_heads, length, group)
+    init = (jnp.full(shape, MASKED_LOGIT, jnp.float32), jnp.zeros(shape, jnp.float32),
+            jnp.zeros(shape + (head_dim,), jnp.float32))
+    running_max, total, outputs = jax.lax.fori_loop(0, num_blocks, one_block, init)
+    sees_a_key = running_max > MASKED_LOGIT / 2  # rows with no visible key get zeros, as in attention_weights
+    outputs = jnp.where(sees_a_key[..., None], outputs / jnp.maximum(total, 1e-30)[..., None], 0.0)
+    return outputs.astype(values.dtype)
+
+
 class MLP(nn.Module):
     """Gated MLP: down(act(gate(x)) * up(x))."""
 

@@ -29,7 +29,7 @@ def forward_nll(model, tokens, start):
     return -np.take_along_axis(log_probs[:, start - 1:-1], tokens[:, start:, None], axis=-1)[..., 0]
 
 
-def test_full_scorer_and_large_budget_equal_plain_forward(tiny_model_dir):
+def test_full_scorer_and_large_budget_equal_plain_forward(tiny_model_dir, attention_blocks):
     _, folder = tiny_model_dir
     model = gk.load_model(folder)
     tokens = tokens_of(2, 40)

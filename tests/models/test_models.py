@@ -44,7 +44,7 @@ def test_padded_batch_equals_single_rows(tiny_model_dir):
 
 
 @pytest.mark.parametrize("chunk", [1, 3])
-def test_cached_decoding_equals_full_forward(tiny_model_dir, chunk):
+def test_cached_decoding_equals_full_forward(tiny_model_dir, chunk, attention_blocks):
     """Prefill 4 tokens, then append `chunk` tokens at a time through the cache, past the window."""
     _, folder = tiny_model_dir
     model = gk.load_model(folder)
