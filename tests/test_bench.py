@@ -24,9 +24,13 @@ def test_bench_tiny_mode_writes_results_with_zero_compiles_after_warmup(tmp_path
     assert main(["--config=configs/bench.py:tiny", f"--config.output={tmp_path}"]) == 0
     results = json.loads((tmp_path / "bench.json").read_text())
     assert (tmp_path / "bench.png").stat().st_size > 0
-    assert {"schema", "config", "environment", "bandwidth_bytes_per_s", "model", "prefill", "decode", "gate_cost",
-            "scale", "peak_host_bytes", "peak_device_bytes", "seconds"} <= set(results)
+    assert {"schema", "config", "environment", "bandwidth_bytes_per_s", "matmul", "model", "prefill", "decode",
+            "gate_cost", "scale", "peak_host_bytes", "peak_device_bytes", "seconds"} <= set(results)
     assert results["bandwidth_bytes_per_s"] > 1e8
+    config = gk.ModelConfig.from_hf(speed.BENCH_SHAPES["tiny-gemma3"])
+    assert results["matmul"]["shape"] == [512, config.hidden_size, config.intermediate_size]
+    assert set(results["matmul"]["flops_per_s"]) == {"gatekv_jax", "transformers"}
+    assert all(1e8 < rate < 1e15 for rate in results["matmul"]["flops_per_s"].values())
     ours = [r for r in results["prefill"] + results["decode"] if r["engine"] == "gatekv_jax"]
     peers = [r for r in results["prefill"] + results["decode"] if r["engine"] != "gatekv_jax"]
     assert {(r["policy"], r["context"]) for r in results["prefill"] if r["engine"] == "gatekv_jax"} == \
@@ -38,7 +42,6 @@ def test_bench_tiny_mode_writes_results_with_zero_compiles_after_warmup(tmp_path
         assert row["compiles_after_warmup"] == 0, row  # timed runs (another prompt length in the bucket) reuse
     gate = next(r for r in results["prefill"] if r["policy"] == "gate")
     full = next(r for r in results["prefill"] if r["policy"] == "full" and r["engine"] == "gatekv_jax")
-    config = gk.ModelConfig.from_hf(speed.BENCH_SHAPES["tiny-gemma3"])
     slot_bytes = 2 * config.head_dim * 4 * config.num_kv_heads
     sliding = (config.num_layers - len(config.full_attention_layers)) * config.sliding_window * slot_bytes
     gated = len(config.full_attention_layers) * slot_bytes
@@ -53,6 +56,7 @@ def test_bench_tiny_mode_writes_results_with_zero_compiles_after_warmup(tmp_path
     assert report_main([str(tmp_path / "bench.json")]) == 0
     tables = capsys.readouterr().out
     assert "**prefill**" in tables and "ours full / sdpa" in tables and "Compiles after warm-up: 0." in tables
+    assert "GFLOP/s (ours / torch" in tables
 
 
 def test_prefill_kv_bytes_is_what_a_chunked_prefill_holds(monkeypatch):

@@ -117,6 +117,11 @@ def run_bench(config) -> dict[str, Any]:
                             params_bytes=speed.params_bytes(model), layers=model.config.num_layers,
                             gated_layers=len(model.config.full_attention_layers))
     n_short, n_long = settings["decode_tokens"]
+    shape = speed.matmul_shape(model.config, speed.policies(config.ratio)["full"].chunk_size)
+    results["matmul"] = dict(shape=list(shape), flops_per_s={ENGINE: speed.matmul_rate(shape, model.dtype)})
+    if peer_model is not None:
+        results["matmul"]["flops_per_s"]["transformers"] = peer.matmul_rate(peer_model, shape)
+    _log("matmul " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in results["matmul"]["flops_per_s"].items()))
 
     _log("gate cost ...")
     results["gate_cost"] = speed.gate_cost(model, gates, config.gate_cost_context, speed.policies(config.ratio)[

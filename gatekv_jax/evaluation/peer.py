@@ -84,6 +84,23 @@ def prefill_seconds(peer, attention: str, tokens: np.ndarray, repeats: int) -> f
     return min(times)
 
 
+def matmul_rate(peer, shape: tuple[int, int, int], repeats: int = 10) -> float:
+    """FLOP per second of one torch [M, K] x [K, N] matmul on the peer's device and dtype."""
+    import torch
+
+    m, k, n = shape
+    options = dict(device=peer.device, dtype=peer.dtype)
+    a, b = torch.ones((m, k), **options), torch.ones((k, n), **options)
+    with torch.inference_mode():
+        a @ b  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = _now(peer)
+            a @ b
+            times.append(_now(peer) - start)
+    return 2 * m * k * n / min(times)
+
+
 def _cache_name(peer) -> str:
     """What transformers calls the cache argument (`cache`; `past_key_values` before 5.2x)."""
     return "cache" if "cache" in inspect.signature(peer.forward).parameters else "past_key_values"

@@ -105,6 +105,15 @@ def bench_tables(results: dict) -> str:
     out = [f"{model['name']} ({model['dtype']}, {model['params_bytes'] / 1e9:.2f} GB of weights) on "
            f"{env['device_kind']} ({env['platform']}, {env.get('cpu_count')} CPUs); memory bandwidth "
            f"{bandwidth / 1e9:.1f} GB/s; tokens/s, best of {config['repeats']}", ""]
+    if "matmul" in results:  # bench files from before it was measured have no matmul rates
+        m, k, n = results["matmul"]["shape"]
+        rates = results["matmul"]["flops_per_s"]
+        line = (f"One [{m}, {k}] x [{k}, {n}] matmul (a prefill chunk's MLP): ours (XLA) "
+                f"{rates['gatekv_jax'] / 1e9:.0f} GFLOP/s")
+        if "transformers" in rates:
+            line += (f", torch {rates['transformers'] / 1e9:.0f} GFLOP/s "
+                     f"(ours / torch {rates['gatekv_jax'] / rates['transformers']:.2f}x)")
+        out += [line + ".", ""]
     for title, key in (("prefill", "prefill"), ("decode (greedy, after a context of)", "decode")):
         rows = results[key]
         contexts = sorted({r["context"] for r in rows})

@@ -130,6 +130,20 @@ def memory_bandwidth(megabytes: int = 512, repeats: int = 10) -> float:
     return data.nbytes / best_time(lambda: total(data), repeats)
 
 
+def matmul_shape(config: ModelConfig, chunk: int) -> tuple[int, int, int]:
+    """`(M, K, N)` of a prefill chunk's MLP up-projection: the most common matmul of a prefill."""
+    return chunk, config.hidden_size, config.intermediate_size
+
+
+def matmul_rate(shape: tuple[int, int, int], dtype: Any, repeats: int = 10) -> float:
+    """FLOP per second of one jitted [M, K] x [K, N] matmul on the default device (prefill's ceiling)."""
+    m, k, n = shape
+    a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
+    product = jax.jit(jnp.matmul)
+    jax.block_until_ready(product(a, b))
+    return 2 * m * k * n / best_time(lambda: product(a, b), repeats)
+
+
 def kv_bytes(cache: KVCache) -> int:
     """Bytes of the keys and values a cache holds in its buffers (allocated slots, filled or not)."""
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
