@@ -84,7 +84,7 @@ def prefill_seconds(peer, attention: str, tokens: np.ndarray, repeats: int) -> f
     return min(times)
 
 
-def matmul_rate(peer, shape: tuple[int, int, int], repeats: int = 10) -> float:
+def matmul_rate(peer, shape: tuple[int, int, int], repeats: int = 20) -> float:
     """FLOP per second of one torch [M, K] x [K, N] matmul on the peer's device and dtype."""
     import torch
 

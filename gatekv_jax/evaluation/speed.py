@@ -135,7 +135,7 @@ def matmul_shape(config: ModelConfig, chunk: int) -> tuple[int, int, int]:
     return chunk, config.hidden_size, config.intermediate_size
 
 
-def matmul_rate(shape: tuple[int, int, int], dtype: Any, repeats: int = 10) -> float:
+def matmul_rate(shape: tuple[int, int, int], dtype: Any, repeats: int = 20) -> float:
     """FLOP per second of one jitted [M, K] x [K, N] matmul on the default device (prefill's ceiling)."""
     m, k, n = shape
     a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
