@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import time
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.evaluation.speed import BENCH_SHAPES, rate_from
+from gatekv_jax.evaluation.speed import BENCH_SHAPES, matmul_operands, rate_from
 from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.loading import Model, resolve_source
 from gatekv_jax.models.params import params_from_tensors
@@ -84,21 +85,21 @@ def prefill_seconds(peer, attention: str, tokens: np.ndarray, repeats: int) -> f
     return min(times)
 
 
-def matmul_rate(peer, shape: tuple[int, int, int], repeats: int = 20) -> float:
-    """FLOP per second of one torch [M, K] x [K, N] matmul on the peer's device and dtype."""
+def matmul_rate(peer, shape: tuple[int, int, int], rounds: int = 5, calls: int = 10) -> float:
+    """FLOP per second of one torch [M, K] x [K, N] matmul on the peer's device and dtype, timed like
+    ours (`speed.matmul_rate`: the best of `rounds` rounds of `calls` calls, the same operands)."""
     import torch
 
-    m, k, n = shape
-    options = dict(device=peer.device, dtype=peer.dtype)
-    a, b = torch.ones((m, k), **options), torch.ones((k, n), **options)
+    a, b = (torch.from_numpy(x).to(device=peer.device, dtype=peer.dtype) for x in matmul_operands(shape))
+    times = []
     with torch.inference_mode():
         a @ b  # warm-up
-        times = []
-        for _ in range(repeats):
+        for _ in range(rounds):
             start = _now(peer)
-            a @ b
+            for _ in range(calls):
+                a @ b
             times.append(_now(peer) - start)
-    return 2 * m * k * n / min(times)
+    return 2 * math.prod(shape) * calls / min(times)
 
 
 def _cache_name(peer) -> str:

@@ -135,13 +135,26 @@ def matmul_shape(config: ModelConfig, chunk: int) -> tuple[int, int, int]:
     return chunk, config.hidden_size, config.intermediate_size
 
 
-def matmul_rate(shape: tuple[int, int, int], dtype: Any, repeats: int = 20) -> float:
-    """FLOP per second of one jitted [M, K] x [K, N] matmul on the default device (prefill's ceiling)."""
+def matmul_operands(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random float32 [M, K] and [K, N] host arrays for a matmul rate."""
     m, k, n = shape
-    a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+
+
+def matmul_rate(shape: tuple[int, int, int], dtype: Any, rounds: int = 5, calls: int = 10) -> float:
+    """FLOP per second of one jitted [M, K] x [K, N] matmul on the default device (prefill's ceiling):
+    the best of `rounds` rounds, each the mean of `calls` calls (single calls of a few ms are noisy)."""
+    a, b = (jnp.asarray(x, dtype) for x in matmul_operands(shape))
     product = jax.jit(jnp.matmul)
     jax.block_until_ready(product(a, b))
-    return 2 * m * k * n / best_time(lambda: product(a, b), repeats)
+
+    def round_trip():
+        for _ in range(calls):
+            out = product(a, b)
+        return out
+
+    return 2 * math.prod(shape) * calls / best_time(round_trip, rounds)
 
 
 def kv_bytes(cache: KVCache) -> int:
