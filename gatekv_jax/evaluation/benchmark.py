@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.evaluation import speed
+from gatekv_jax.evaluation import ceilings, speed
 
 SCHEMA_VERSION = 1
 ENGINE = "gatekv_jax"
@@ -103,7 +103,7 @@ def run_bench(config) -> dict[str, Any]:
     if peers and not _torch_available():
         _log("torch is not installed: no transformers peer (pip install 'gatekv-jax[test]')")
         peers = []
-    results["bandwidth_bytes_per_s"] = speed.memory_bandwidth()
+    results["bandwidth_bytes_per_s"] = ceilings.memory_bandwidth()
     _log(f"memory bandwidth {results['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s")
 
     if peers:
@@ -117,8 +117,8 @@ def run_bench(config) -> dict[str, Any]:
                             params_bytes=speed.params_bytes(model), layers=model.config.num_layers,
                             gated_layers=len(model.config.full_attention_layers))
     n_short, n_long = settings["decode_tokens"]
-    shape = speed.matmul_shape(model.config, speed.policies(config.ratio)["full"].chunk_size)
-    results["matmul"] = dict(shape=list(shape), flops_per_s={ENGINE: speed.matmul_rate(shape, model.dtype)})
+    shape = ceilings.matmul_shape(model.config, speed.policies(config.ratio)["full"].chunk_size)
+    results["matmul"] = dict(shape=list(shape), flops_per_s={ENGINE: ceilings.matmul_rate(shape, model.dtype)})
     if peer_model is not None:
         results["matmul"]["flops_per_s"]["transformers"] = peer.matmul_rate(peer_model, shape)
     _log("matmul " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in results["matmul"]["flops_per_s"].items()))
@@ -160,7 +160,7 @@ def run_bench(config) -> dict[str, Any]:
                                                        settings["scale_caches"], config.ratio, scale_short,
                                                        scale_long, config.repeats))
     # the limit is the best the machine showed: measured at the start and again at the end
-    results["bandwidth_bytes_per_s"] = max(results["bandwidth_bytes_per_s"], speed.memory_bandwidth())
+    results["bandwidth_bytes_per_s"] = max(results["bandwidth_bytes_per_s"], ceilings.memory_bandwidth())
     results["peak_host_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     results["peak_device_bytes"] = speed.device_peak_bytes()
     results["seconds"] = time.perf_counter() - started

@@ -17,7 +17,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from gatekv_jax.evaluation.speed import BENCH_SHAPES, matmul_operands, rate_from
+from gatekv_jax.evaluation.ceilings import matmul_operands
+from gatekv_jax.evaluation.speed import BENCH_SHAPES, rate_from
 from gatekv_jax.models.config import ModelConfig
 from gatekv_jax.models.loading import Model, resolve_source
 from gatekv_jax.models.params import params_from_tensors
@@ -87,7 +88,7 @@ def prefill_seconds(peer, attention: str, tokens: np.ndarray, repeats: int) -> f
 
 def matmul_rate(peer, shape: tuple[int, int, int], rounds: int = 5, calls: int = 10) -> float:
     """FLOP per second of one torch [M, K] x [K, N] matmul on the peer's device and dtype, timed like
-    ours (`speed.matmul_rate`: the best of `rounds` rounds of `calls` calls, the same operands)."""
+    ours (`ceilings.matmul_rate`: the best of `rounds` rounds of `calls` calls, the same operands)."""
     import torch
 
     a, b = (torch.from_numpy(x).to(device=peer.device, dtype=peer.dtype) for x in matmul_operands(shape))

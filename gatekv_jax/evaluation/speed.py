@@ -1,4 +1,4 @@
-"""Speed of the engine: prefill and decode rates, the gate's own cost, compiles, KV bytes, bandwidth.
+"""Speed of the engine: prefill and decode rates, the gate's own cost, compiles, KV bytes.
 
 Every rate is the best of `repeats` runs after a warm-up run (which compiles). Decode rates come
 from the difference of two generation lengths, `(n_long - n_short) / (t_long - t_short)`, so the
@@ -120,41 +120,6 @@ def rate_from(n_short: int, t_short: float, n_long: int, t_long: float) -> float
         raise RuntimeError(f"generating {n_long} tokens took {t_long:.4f} s, no longer than {n_short} tokens "
                            f"({t_short:.4f} s): the timings are noise; use lengths further apart")
     return (n_long - n_short) / (t_long - t_short)
-
-
-def memory_bandwidth(megabytes: int = 512, repeats: int = 10) -> float:
-    """Bytes per second a jitted float32 reduction reads on the default device (decode's ceiling)."""
-    data = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
-    total = jax.jit(jnp.sum)
-    jax.block_until_ready(total(data))
-    return data.nbytes / best_time(lambda: total(data), repeats)
-
-
-def matmul_shape(config: ModelConfig, chunk: int) -> tuple[int, int, int]:
-    """`(M, K, N)` of a prefill chunk's MLP up-projection: the most common matmul of a prefill."""
-    return chunk, config.hidden_size, config.intermediate_size
-
-
-def matmul_operands(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random float32 [M, K] and [K, N] host arrays for a matmul rate."""
-    m, k, n = shape
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
-
-
-def matmul_rate(shape: tuple[int, int, int], dtype: Any, rounds: int = 5, calls: int = 10) -> float:
-    """FLOP per second of one jitted [M, K] x [K, N] matmul on the default device (prefill's ceiling):
-    the best of `rounds` rounds, each the mean of `calls` calls (single calls of a few ms are noisy)."""
-    a, b = (jnp.asarray(x, dtype) for x in matmul_operands(shape))
-    product = jax.jit(jnp.matmul)
-    jax.block_until_ready(product(a, b))
-
-    def round_trip():
-        for _ in range(calls):
-            out = product(a, b)
-        return out
-
-    return 2 * math.prod(shape) * calls / best_time(round_trip, rounds)
 
 
 def kv_bytes(cache: KVCache) -> int:
