@@ -61,6 +61,7 @@ def test_evaluate_validates_the_whole_config_first(no_model_loading, tmp_path, o
     ("context_length", -5, "context_length must be a positive int"),
     ("tokens_per_context", 1000, r"tokens_per_context must be None or an int in \[1, context_length\]"),
     ("dtype", "float8", "dtype must be float32, bfloat16 or float16"),
+    ("targets", "succesor", r"targets must be one of \('kvzip', 'successor'\), got 'succesor'"),
 ])
 def test_training_config_is_checked_before_any_work(no_model_loading, tmp_path, field, value, message):
     from gatekv_jax.training.configs import load_config

@@ -12,6 +12,7 @@ import os
 from ml_collections import config_dict
 
 from gatekv_jax.training.data import source_shares
+from gatekv_jax.training.features import TARGETS
 
 CONFIG_ARGUMENT = "--config"
 
@@ -117,6 +118,7 @@ def training_config(model: str, workdir: str, *, dtype: str = "float32", source:
                     heldout_fraction: float = 0.1, max_document_tokens: int | None = None,
                     context_length: int = 16000, teacher_chunk: int = 2000, train_contexts: int = 64,
                     heldout_contexts: int = 2, batch_size: int = 1, tokens_per_context: int | None = None,
+                    targets: str = "kvzip",
                     steps: int = 5000, batch_tokens: int = 1000, eval_every: int = 250, eval_tokens: int = 20000,
                     checkpoint_every: int = 250) -> config_dict.ConfigDict:
     """A `python -m gatekv_jax.train` config; defaults are the paper's (lr 0.2, momentum 0.9)."""
@@ -133,6 +135,7 @@ def training_config(model: str, workdir: str, *, dtype: str = "float32", source:
     c.heldout_contexts = heldout_contexts
     c.batch_size = batch_size
     c.tokens_per_context = config_dict.placeholder(int) if tokens_per_context is None else tokens_per_context
+    c.targets = targets  # see gatekv_jax.training.features.training_targets
     c.mesh = config_dict.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     # Multi-process runs (see gatekv_jax.utils.distributed.initialize): auto=True on Cloud TPU pods,
     # or a coordinator host:port with the process count and this process's id.
@@ -155,6 +158,8 @@ def check_training_config(config: config_dict.ConfigDict) -> None:
     per_context = config.tokens_per_context
     if per_context is not None and (not isinstance(per_context, int) or not 1 <= per_context <= config.context_length):
         raise ValueError(f"tokens_per_context must be None or an int in [1, context_length], got {per_context!r}")
+    if config.targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {config.targets!r}")
     if config.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {config.dtype!r}")
     data = config.data

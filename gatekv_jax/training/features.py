@@ -3,10 +3,11 @@
 Contexts go through the teacher in batches (one SPMD program over every process's devices); each
 context is one shard `<split>_<context index>`, written atomically by the one process holding
 its row as two .npy files, `<name>.inputs.npy` (float16 [Lg, m, D]) and `<name>.targets.npy`
-(float32 [Lg, K, m]). After every batch, process 0 records the batch's shards in `manifest.json`
-(atomically): the manifest is the single truth. A rerun skips every batch the manifest lists
-whose shards are intact (both files load with the expected shapes; others are collected again),
-so a killed collection resumes, with any batch size or process count (shards are per context).
+(float32 [Lg, K, m], the teacher's scores after the `targets` transform). After every batch,
+process 0 records the batch's shards in `manifest.json` (atomically): the manifest is the single
+truth. A rerun skips every batch the manifest lists whose shards are intact (both files load with
+the expected shapes; others are collected again), so a killed collection resumes, with any batch
+size or process count (shards are per context).
 Multi-process runs need a features folder every process can read and write.
 """
 
@@ -23,6 +24,20 @@ from gatekv_jax.utils.distributed import is_main_process, sync
 from gatekv_jax.utils.files import read_json, write_atomically, write_json
 
 FLOAT16_MAX = 65504.0
+TARGETS = ("kvzip", "successor")
+
+
+def training_targets(scores: np.ndarray, kind: str) -> np.ndarray:
+    """Gate targets from teacher scores [..., n] (tokens on the last axis) by `kind`:
+    "kvzip", the scores as they are; "successor", the max of each token's score and the next
+    token's. The repeat pass reads a planted number through the token after it and credits that
+    token, not the digits (docs/experiments/strong_baselines.md); successor credit hands it back."""
+    if kind == "kvzip":
+        return scores
+    if kind == "successor":
+        following = np.concatenate([scores[..., 1:], scores[..., -1:]], axis=-1)
+        return np.maximum(scores, following)
+    raise ValueError(f"targets must be one of {TARGETS}, got {kind!r}")
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -73,13 +88,16 @@ def _batches(contexts: Iterable[tuple[list[str], np.ndarray]], batch_size: int,
 def collect_features(model: Model, prompts: RepeatPrompts, contexts: Iterable[tuple[list[str], np.ndarray]],
                      folder: str, split: str, settings: dict, batch_size: int = 1, max_contexts: int = 1,
                      tokens_per_context: int | None = None, seed: int = 0, teacher_chunk: int = 2000,
-                     progress=None) -> dict:
+                     targets: str = "kvzip", progress=None) -> dict:
     """Collect features of up to `max_contexts` contexts of one split into `folder`; returns the manifest.
 
     `settings` (model, lengths, sampling) must match an existing manifest, so a folder never mixes
     features of different runs. `tokens_per_context` keeps a random subset of each context's tokens
-    (seeded by the context's index). Every process calls this with the same contexts.
+    (seeded by the context's index) after the `targets` transform (`training_targets`) of the
+    whole context. Every process calls this with the same contexts.
     """
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
     manifest = read_manifest(folder)
     if manifest["settings"] is not None and manifest["settings"] != settings:
         raise ValueError(f"{folder} holds features made with other settings: {manifest['settings']} "
@@ -94,6 +112,7 @@ def collect_features(model: Model, prompts: RepeatPrompts, contexts: Iterable[tu
             continue
         for row, (scores, inputs) in teacher_features(model, tokens, prompts, chunk=teacher_chunk).items():
             # scores [Lg, K, n], inputs [Lg, n, D] of context first + row
+            scores = training_targets(scores, targets)
             if tokens_per_context is not None and tokens_per_context < tokens.shape[1]:
                 rng = np.random.default_rng([seed, first + row, len(split)])
                 picks = np.sort(rng.choice(tokens.shape[1], tokens_per_context, replace=False))

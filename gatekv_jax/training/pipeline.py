@@ -74,7 +74,7 @@ def train_gates(config) -> dict:
     start = time.time()
     settings = {"model": config.model, "dtype": config.dtype, "context_length": config.context_length,
                 "teacher_chunk": config.teacher_chunk, "tokens_per_context": config.tokens_per_context,
-                "data": config.data.to_dict(), "seed": config.seed}
+                "targets": config.targets, "data": config.data.to_dict(), "seed": config.seed}
     features = os.path.join(workdir, "features")
     for split, count in (("heldout", config.heldout_contexts), ("train", config.train_contexts)):
         contexts = data.mixed_contexts(config.data.source, config.data.paths, tokenizer, config.context_length,
@@ -83,7 +83,7 @@ def train_gates(config) -> dict:
             manifest = collect_features(model, prompts, contexts, features, split, settings,
                                         batch_size=config.batch_size, max_contexts=count,
                                         tokens_per_context=config.tokens_per_context, seed=config.seed,
-                                        teacher_chunk=config.teacher_chunk, progress=bar)
+                                        teacher_chunk=config.teacher_chunk, targets=config.targets, progress=bar)
     times["features_seconds"] = time.time() - start
     tokens = {split: sum(s["tokens"] for s in manifest["shards"].values() if s["split"] == split)
               for split in ("train", "heldout")}

@@ -90,6 +90,20 @@ def test_feature_shards_are_skipped_on_rerun_and_settings_checked(tmp_path):
         collect_features(model, prompts, contexts, str(tmp_path), "train", {"model": "other"}, max_contexts=3)
 
 
+def test_successor_targets_credit_each_token_with_the_next_ones_score(tmp_path):
+    model = gk.load_model(TINY_MODEL)
+    prompts = RepeatPrompts.from_tokenizer(gk.load_tokenizer(TINY_MODEL), "qwen3")
+    contexts = [(["doc"], np.random.RandomState(1).randint(0, 256, 20).astype(np.int32))]
+    folders = {kind: str(tmp_path / kind) for kind in ("kvzip", "successor")}
+    for kind, folder in folders.items():
+        collect_features(model, prompts, contexts, folder, "train", {"targets": kind}, teacher_chunk=8, targets=kind)
+    kvzip, successor = (np.load(os.path.join(folders[kind], "train_00000.targets.npy")) for kind in folders)
+    np.testing.assert_allclose(kvzip, teacher_scores(model, contexts[0][1][None], prompts, chunk=8)[0][0])
+    np.testing.assert_array_equal(successor[..., :-1], np.maximum(kvzip[..., :-1], kvzip[..., 1:]))
+    np.testing.assert_array_equal(successor[..., -1], kvzip[..., -1])
+    assert (successor > kvzip).any()
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("steps", -1, r"fit.steps must be a positive int, got -1"),
     ("eval_every", 0, r"fit.eval_every must be a positive int, got 0"),
