@@ -1,6 +1,7 @@
 """Which parts of the recall samples each scorer keeps: fact digits, the rest of the fact sentences, the filler.
 
     python scripts/fact_keep_shares.py [--source prose] [--samples 10] [--ratio 0.3] [--scorers gate,keydiff]
+           [--gates F]
 
 The recall samples are the ones `python -m gatekv_jax.evaluate` builds (default config: packaged
 gates, `token` level, pool 3; `--source` picks the held-out domain). Each context ("The code of
@@ -24,7 +25,7 @@ from gatekv_jax.engine.prefill import prefill
 from gatekv_jax.engine.teacher import RepeatPrompts
 from gatekv_jax.evaluation.runner import load_config, policy_for
 from gatekv_jax.evaluation.tasks import recall_samples
-from gatekv_jax.kv.gate_files import pretrained_gates
+from gatekv_jax.kv.gate_files import load_gates, pretrained_gates
 from gatekv_jax.models.loading import load_model, load_tokenizer
 from gatekv_jax.utils.files import write_json
 
@@ -50,12 +51,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--scorers", default="gate,keydiff,snapkv,knorm,expected_attention")
+    parser.add_argument("--gates", default=None, help="a gates.safetensors file (default: the packaged gates)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     config = load_config(n_samples=args.samples)
     config.data.source = args.source
     model, tokenizer = load_model(config.model), load_tokenizer(config.model)
-    gates = pretrained_gates(config.model)
+    gates = pretrained_gates(config.model) if args.gates is None else load_gates(args.gates)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix
     shares: dict[str, dict[str, list[float]]] = {}
     beside_gate: dict[str, dict[str, list[float]]] = {}

@@ -15,7 +15,8 @@ which is protected from eviction. Writes `results.json` (one record per task, sc
 header with model, gates, versions, timings; per record the per-sample values and the standard
 error of each mean), one PNG per task, and prints a table. For `recall`,
 `gap_closed` is the share of the streaming-to-full NLL gap a scorer closes. `results.json` is
-rewritten (atomically) after every record; rerunning the same config into the same folder resumes.
+rewritten (atomically) after every record; rerunning the same config into the same folder resumes
+(gate records carry the gates' SHA-256, and those of other gates are scored again).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from gatekv_jax.engine.scoring import continuation_log_probs, decode_continuatio
 from gatekv_jax.engine.teacher import RepeatPrompts
 from gatekv_jax.evaluation.report import add_gap_closed
 from gatekv_jax.evaluation.tasks import SAMPLE_BUILDERS, TASK_METRIC, TASKS, Sample, copied_share, token_f1
-from gatekv_jax.kv.gate_files import PRETRAINED, load_gates, pretrained_gates
+from gatekv_jax.kv.gate_files import PRETRAINED, gates_digest, load_gates, pretrained_gates
 from gatekv_jax.kv.policy import SCORERS, EvictionPolicy
 from gatekv_jax.models.loading import Model, load_model, load_tokenizer
 from gatekv_jax.training import configs
@@ -178,12 +179,13 @@ def evaluate(config) -> dict:
     scorers, tasks, ratios = check_config(config)
     model = load_model(config.model, dtype=config.dtype)
     tokenizer = load_tokenizer(config.model)
-    gates = None
+    gates, digest = None, None
     if "gate" in scorers:
         gates = pretrained_gates(config.model) if config.gates == "packaged" else load_gates(config.gates)
+        digest = gates_digest(gates)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix if config.chat_prefix else ()
     path = os.path.join(config.output, "results.json")
-    previous, timings = _previous_run(config, path)  # timings carry over: seconds spent in every run so far
+    previous, timings = _previous_run(config, path, digest)  # timings carry over: seconds spent in every run so far
     earlier_seconds = timings.pop("total_seconds", 0.0)
     records = []
 
@@ -191,7 +193,7 @@ def evaluate(config) -> dict:
         import flax
         import transformers
 
-        header = {"model": config.model, "gates": config.gates if "gate" in scorers else None,
+        header = {"model": config.model, "gates": config.gates if "gate" in scorers else None, "gates_sha256": digest,
                   "versions": {"jax": jax.__version__, "flax": flax.__version__,
                                "transformers": transformers.__version__},
                   "timings": {**timings, "total_seconds": round(earlier_seconds + time.time() - started, 1)},
@@ -225,6 +227,8 @@ def evaluate(config) -> dict:
                     _score_task(task, model, tokenizer, samples, policy, gates, reference, prefix, teacher_memo)
                 record = {"task": task, "scorer": scorer, "ratio": ratio, "level": config.level,
                           "n_samples": len(samples), **metrics}
+                if scorer == "gate":
+                    record["gates_sha256"] = digest
                 if task in ("continuation", "decode", "recall"):
                     record["nll_full"] = full_metrics["nll"]
                     record["delta_nll"] = metrics["nll"] - full_metrics["nll"]
@@ -246,9 +250,11 @@ def _record_key(record: dict) -> tuple:
     return record["task"], record["scorer"], record["ratio"]
 
 
-def _previous_run(config, path: str) -> tuple[dict[tuple, dict], dict[str, float]]:
+def _previous_run(config, path: str, digest: str | None) -> tuple[dict[tuple, dict], dict[str, float]]:
     """Records and timings already in `path` from a run of the same config (an interrupted or
-    finished run resumes where it stopped); a file written by a different config is refused."""
+    finished run resumes where it stopped); a file written by a different config is refused.
+    Gate records of other gates (`gates_sha256` is not `digest`, e.g. after the packaged gates
+    changed) are left out, so they are scored again."""
     if not os.path.isfile(path):
         return {}, {}
     previous = read_json(path)
@@ -257,7 +263,12 @@ def _previous_run(config, path: str) -> tuple[dict[tuple, dict], dict[str, float
     if changed:
         raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
                          f"pass a new --config.output or remove the file")
-    return {_record_key(r): r for r in previous["records"]}, dict(previous["header"]["timings"])
+    records = previous["records"]
+    stale = [r for r in records if r["scorer"] == "gate" and r.get("gates_sha256") != digest]
+    if stale:
+        print(f"{path}: {len(stale)} gate record(s) of other gates are scored again", flush=True)
+    return ({_record_key(r): r for r in records if not any(r is s for s in stale)},
+            dict(previous["header"]["timings"]))
 
 
 def _row(record: dict) -> str:

@@ -38,6 +38,20 @@ def load_gates(path: str) -> dict:
     return gates
 
 
+def gates_digest(gates: dict) -> str:
+    """SHA-256 (hex) of the gates' names, shapes and float32 values: the same gates give the same
+    digest whatever file they came from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for layer in sorted(gates):
+        for name in sorted(gates[layer]):
+            value = np.ascontiguousarray(np.asarray(gates[layer][name], np.float32))
+            digest.update(f"{layer}/{name}{value.shape}".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 OFFICIAL_TENSORS = frozenset({"q_proj.weight", "q_proj.bias", "k_proj.weight", "q_norm.weight", "k_norm.weight",
                               "k_base", "b"})
 

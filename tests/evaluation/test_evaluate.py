@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -81,6 +82,15 @@ def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monk
     before, after = first["header"]["timings"], resumed["header"]["timings"]
     assert after["recall_seconds"] == before["recall_seconds"]  # not rerun: its time carries over
     assert after["needle_seconds"] >= 100.0 and after["total_seconds"] >= 1000.0  # this run's time is added
+    assert {r["gates_sha256"] for r in resumed["records"] if r["scorer"] == "gate"} == \
+        {gk.kv.gate_files.gates_digest(gk.load_gates(config.gates))}
+    other = jax.tree.map(lambda x: x + 0.5, gk.load_gates(config.gates))  # new gates in the same file
+    gk.save_gates(other, config.gates)
+    calls.clear()
+    regated = evaluate(config)
+    assert calls == [("recall", "full"), ("recall", "gate"), ("needle", "full"), ("needle", "gate")]
+    assert [r for r in regated["records"] if r["scorer"] != "gate"] == \
+        [r for r in first["records"] if r["scorer"] != "gate"]
     config.sink = 8
     with pytest.raises(ValueError, match=r"another config \(fields \['sink'\] differ\)"):
         evaluate(config)
