@@ -44,11 +44,15 @@ def add_gap_closed(records: list[dict]) -> None:
     """For `recall` records: the share of the streaming-to-full NLL gap each scorer closes at the same
     ratio and level, `(nll_streaming - nll) / (nll_streaming - nll_full)` (1 = as good as full, 0 = as
     good as streaming, < 0 = worse); left out where streaming was not run or ties full. Streaming may
-    come from another run on the same samples (the same full-cache NLL), so merged files share it."""
-    streaming = {(r["ratio"], r["level"], r["nll_full"]): r["nll"] for r in records
+    come from another run on the same samples (the same full-cache NLL to 5 decimals), so merged files
+    share it."""
+    def same_samples(record):  # the full-cache NLL, to float rounding (runs on other code versions)
+        return None if record.get("nll_full") is None else round(record["nll_full"], 5)
+
+    streaming = {(r["ratio"], r["level"], same_samples(r)): r["nll"] for r in records
                  if r["task"] == "recall" and r["scorer"] == "streaming"}
     for record in records:
-        key = (record["ratio"], record["level"], record.get("nll_full"))
+        key = (record["ratio"], record["level"], same_samples(record))
         if record["task"] != "recall" or key not in streaming:
             continue
         gap = streaming[key] - record["nll_full"]

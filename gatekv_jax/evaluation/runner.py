@@ -217,6 +217,7 @@ def evaluate(config) -> dict:
         teacher_memo = TeacherMemo()
         full_metrics = _score_task(task, model, tokenizer, samples, policy_for(config, "full", 1.0), gates, reference,
                                    prefix, teacher_memo)
+        _check_reference(previous, task, full_metrics, path)
         for scorer in scorers:
             for ratio in ratios:
                 if (task, scorer, ratio) in previous:
@@ -269,6 +270,20 @@ def _previous_run(config, path: str, digest: str | None) -> tuple[dict[tuple, di
         print(f"{path}: {len(stale)} gate record(s) of other gates are scored again", flush=True)
     return ({_record_key(r): r for r in records if not any(r is s for s in stale)},
             dict(previous["header"]["timings"]))
+
+
+def _check_reference(previous: dict[tuple, dict], task: str, full_metrics: dict, path: str) -> None:
+    """Refuse to resume records whose full-cache reference this code no longer reproduces (other
+    samples or other numerics), beyond float rounding."""
+    for (old_task, scorer, _), record in previous.items():
+        if old_task != task or scorer != "full":
+            continue
+        for metric, values in full_metrics["per_sample"].items():
+            old = record["per_sample"].get(metric)
+            if old is not None and not np.allclose(old, values, rtol=1e-4, atol=1e-4):
+                raise ValueError(f"{path}: the full cache's {task} {metric} is now {np.round(values, 4).tolist()}, "
+                                 f"the file has {np.round(old, 4).tolist()}; its records are stale: use a new "
+                                 "--config.output")
 
 
 def _row(record: dict) -> str:

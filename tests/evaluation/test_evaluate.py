@@ -91,6 +91,12 @@ def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monk
     assert calls == [("recall", "full"), ("recall", "gate"), ("needle", "full"), ("needle", "gate")]
     assert [r for r in regated["records"] if r["scorer"] != "gate"] == \
         [r for r in first["records"] if r["scorer"] != "gate"]
+    stale = json.loads(path.read_text())  # a record to add to those of code whose full-cache reference differs
+    stale["records"] = [r for r in stale["records"] if (r["task"], r["scorer"]) != ("recall", "gate")]
+    next(r for r in stale["records"] if (r["task"], r["scorer"]) == ("recall", "full"))["per_sample"]["nll"][0] += 0.01
+    path.write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match="the full cache's recall nll is now .* its records are stale"):
+        evaluate(config)
     config.sink = 8
     with pytest.raises(ValueError, match=r"another config \(fields \['sink'\] differ\)"):
         evaluate(config)
@@ -108,8 +114,10 @@ def test_gap_closed_is_the_share_of_the_streaming_to_full_gap():
 
     records = [record("streaming", 2.5), record("gate", 1.0), record("random", 3.0), record("full", 0.5),
                record("gate", 1.0, ratio=0.5), record("streaming", 2.5, task="continuation")]
+    records += [{**record("knorm", 1.5), "nll_full": 0.5 + 1e-8},  # the same samples, rounded otherwise
+                {**record("snapkv", 1.5), "nll_full": 0.6}]  # other samples: no streaming to compare with
     add_gap_closed(records)
-    assert [r.get("gap_closed") for r in records] == [0.0, 0.75, -0.25, 1.0, None, None]
+    assert [r.get("gap_closed") for r in records] == [0.0, 0.75, -0.25, 1.0, None, None, pytest.approx(0.5), None]
 
 
 def test_unknown_scorer_is_named(tmp_path):
