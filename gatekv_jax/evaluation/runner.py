@@ -22,7 +22,6 @@ rewritten (atomically) after every record; rerunning the same config into the sa
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -38,13 +37,14 @@ from gatekv_jax.engine.prefill import prefill
 from gatekv_jax.engine.scoring import continuation_log_probs, decode_continuation
 from gatekv_jax.engine.teacher import RepeatPrompts
 from gatekv_jax.evaluation.report import add_gap_closed
+from gatekv_jax.evaluation.resume import check_reference, previous_records, record_key
 from gatekv_jax.evaluation.tasks import SAMPLE_BUILDERS, TASK_METRIC, TASKS, Sample, copied_share, token_f1
 from gatekv_jax.kv.gate_files import PRETRAINED, gates_digest, load_gates, pretrained_gates
 from gatekv_jax.kv.policy import SCORERS, EvictionPolicy
 from gatekv_jax.models.loading import Model, load_model, load_tokenizer
 from gatekv_jax.training import configs
 from gatekv_jax.training.data import source_shares
-from gatekv_jax.utils.files import read_json, save_figure, write_json
+from gatekv_jax.utils.files import save_figure, write_json
 
 DEFAULT_CONFIG = "eval"
 
@@ -185,7 +185,7 @@ def evaluate(config) -> dict:
         digest = gates_digest(gates)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix if config.chat_prefix else ()
     path = os.path.join(config.output, "results.json")
-    previous, timings = _previous_run(config, path, digest)  # timings carry over: seconds spent in every run so far
+    previous, timings = previous_records(config, path, digest)  # timings carry over: seconds spent in every run so far
     earlier_seconds = timings.pop("total_seconds", 0.0)
     records = []
 
@@ -197,7 +197,7 @@ def evaluate(config) -> dict:
                   "versions": {"jax": jax.__version__, "flax": flax.__version__,
                                "transformers": transformers.__version__},
                   "timings": {**timings, "total_seconds": round(earlier_seconds + time.time() - started, 1)},
-                  "resumed_records": sum(key in previous for key in map(_record_key, records)),
+                  "resumed_records": sum(key in previous for key in map(record_key, records)),
                   "complete": complete, "config": config.to_dict()}
         add_gap_closed(records)
         results = {"header": header, "records": records}
@@ -217,7 +217,7 @@ def evaluate(config) -> dict:
         teacher_memo = TeacherMemo()
         full_metrics = _score_task(task, model, tokenizer, samples, policy_for(config, "full", 1.0), gates, reference,
                                    prefix, teacher_memo)
-        _check_reference(previous, task, full_metrics, path)
+        check_reference(previous, task, full_metrics, path)
         for scorer in scorers:
             for ratio in ratios:
                 if (task, scorer, ratio) in previous:
@@ -245,45 +245,6 @@ def evaluate(config) -> dict:
         plot_task(records, task, os.path.join(config.output, f"{task}.png"))
     print("\n".join(["", f"results ({config.output}/results.json):"] + [_row(r) for r in records]), flush=True)
     return results
-
-
-def _record_key(record: dict) -> tuple:
-    return record["task"], record["scorer"], record["ratio"]
-
-
-def _previous_run(config, path: str, digest: str | None) -> tuple[dict[tuple, dict], dict[str, float]]:
-    """Records and timings already in `path` from a run of the same config (an interrupted or
-    finished run resumes where it stopped); a file written by a different config is refused.
-    Gate records of other gates (`gates_sha256` is not `digest`, e.g. after the packaged gates
-    changed) are left out, so they are scored again."""
-    if not os.path.isfile(path):
-        return {}, {}
-    previous = read_json(path)
-    old, new = previous["header"]["config"], json.loads(json.dumps(config.to_dict()))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
-                         f"pass a new --config.output or remove the file")
-    records = previous["records"]
-    stale = [r for r in records if r["scorer"] == "gate" and r.get("gates_sha256") != digest]
-    if stale:
-        print(f"{path}: {len(stale)} gate record(s) of other gates are scored again", flush=True)
-    return ({_record_key(r): r for r in records if not any(r is s for s in stale)},
-            dict(previous["header"]["timings"]))
-
-
-def _check_reference(previous: dict[tuple, dict], task: str, full_metrics: dict, path: str) -> None:
-    """Refuse to resume records whose full-cache reference this code no longer reproduces (other
-    samples or other numerics), beyond float rounding."""
-    for (old_task, scorer, _), record in previous.items():
-        if old_task != task or scorer != "full":
-            continue
-        for metric, values in full_metrics["per_sample"].items():
-            old = record["per_sample"].get(metric)
-            if old is not None and not np.allclose(old, values, rtol=1e-4, atol=1e-4):
-                raise ValueError(f"{path}: the full cache's {task} {metric} is now {np.round(values, 4).tolist()}, "
-                                 f"the file has {np.round(old, 4).tolist()}; its records are stale: use a new "
-                                 "--config.output")
 
 
 def _row(record: dict) -> str:

@@ -1,0 +1,55 @@
+"""Resuming an evaluation: the records of an earlier run of the same config that still hold.
+
+`results.json` is refused when its config differs; gate records of other gates (their
+`gates_sha256`) are dropped to be scored again; and a task's records are refused as stale when
+the full cache's reference, recomputed, no longer matches the file's (other samples or numerics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from gatekv_jax.utils.files import read_json
+
+
+def record_key(record: dict) -> tuple:
+    """A record's identity in a results file: (task, scorer, ratio)."""
+    return record["task"], record["scorer"], record["ratio"]
+
+
+def previous_records(config, path: str, digest: str | None) -> tuple[dict[tuple, dict], dict[str, float]]:
+    """Records and timings already in `path` from a run of the same config (an interrupted or
+    finished run resumes where it stopped); a file written by a different config is refused.
+    Gate records of other gates (`gates_sha256` is not `digest`, e.g. after the packaged gates
+    changed) are left out, so they are scored again."""
+    if not os.path.isfile(path):
+        return {}, {}
+    previous = read_json(path)
+    old, new = previous["header"]["config"], json.loads(json.dumps(config.to_dict()))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
+                         f"pass a new --config.output or remove the file")
+    records = previous["records"]
+    stale = [r for r in records if r["scorer"] == "gate" and r.get("gates_sha256") != digest]
+    if stale:
+        print(f"{path}: {len(stale)} gate record(s) of other gates are scored again", flush=True)
+    return ({record_key(r): r for r in records if not any(r is s for s in stale)},
+            dict(previous["header"]["timings"]))
+
+
+def check_reference(previous: dict[tuple, dict], task: str, full_metrics: dict, path: str) -> None:
+    """Refuse to resume records whose full-cache reference this code no longer reproduces (other
+    samples or other numerics), beyond float rounding."""
+    for (old_task, scorer, _), record in previous.items():
+        if old_task != task or scorer != "full":
+            continue
+        for metric, values in full_metrics["per_sample"].items():
+            old = record["per_sample"].get(metric)
+            if old is not None and not np.allclose(old, values, rtol=1e-4, atol=1e-4):
+                raise ValueError(f"{path}: the full cache's {task} {metric} is now {np.round(values, 4).tolist()}, "
+                                 f"the file has {np.round(old, 4).tolist()}; its records are stale: use a new "
+                                 "--config.output")
