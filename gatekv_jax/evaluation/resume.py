@@ -34,11 +34,10 @@ def previous_records(config, path: str, digest: str | None) -> tuple[dict[tuple,
         raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
                          f"pass a new --config.output or remove the file")
     records = previous["records"]
-    stale = [r for r in records if r["scorer"] == "gate" and r.get("gates_sha256") != digest]
-    if stale:
-        print(f"{path}: {len(stale)} gate record(s) of other gates are scored again", flush=True)
-    return ({record_key(r): r for r in records if not any(r is s for s in stale)},
-            dict(previous["header"]["timings"]))
+    kept = [r for r in records if r["scorer"] != "gate" or r.get("gates_sha256") == digest]
+    if len(kept) < len(records):
+        print(f"{path}: {len(records) - len(kept)} gate record(s) of other gates are scored again", flush=True)
+    return {record_key(r): r for r in kept}, dict(previous["header"]["timings"])
 
 
 def check_reference(previous: dict[tuple, dict], task: str, full_metrics: dict, path: str) -> None:
