@@ -3,7 +3,9 @@
 One table per (context length, domain, level, task, metric): rows are scorers, columns retention
 ratios, cells the mean and, where the record has it, its standard error over the samples; the
 records of several files with the same context length, domain and level (token pooling included)
-share tables, e.g. runs of different ratios. This is how the tables in docs/ are made.
+share tables, e.g. runs of different ratios. Continuation records that carry per-sample values
+also get a per-context table, with contexts whose continuation copies the context averaged apart.
+This is how the tables in docs/ are made.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ TABLES = (
 )
 FULL_VALUE = {"delta_nll": "nll", "nll": "nll", "accuracy": "accuracy"}
 DOMAINS = {"stdlib": "code", "prose": "prose"}  # evaluation data sources as tables name them
+# A continuation with at least this share of its 8-grams already in the context copies it: a recall
+# task on an arbitrary span, which no query-agnostic scorer can be asked to keep.
+COPY_SHARE = 0.5
 
 
 def _level_name(level: str, config: dict) -> str:
@@ -60,6 +65,45 @@ def add_gap_closed(records: list[dict]) -> None:
             record["gap_closed"] = (streaming[key] - record["nll"]) / gap
 
 
+def _mean_with_share(deltas: list[float], fulls: list[float]) -> str:
+    """The mean NLL increase and its share of the mean full-cache NLL, e.g. `+0.017 (0.7%)`."""
+    if not deltas:
+        return "-"
+    mean = sum(deltas) / len(deltas)
+    return f"{mean:+.3f} ({mean / (sum(fulls) / len(fulls)):.1%})"
+
+
+def context_tables(group: list[dict], title: str) -> list[str]:
+    """Per-context tables of the continuation records in `group` that carry per-sample values: one per
+    (ratio, set of samples), contexts in columns, the NLL increase of each scorer over full, its mean
+    over all contexts and over the contexts that do not copy (`COPY_SHARE`)."""
+    rows = [r for r in group if r["task"] == "continuation" and r["scorer"] != "full"
+            and {"delta_nll", "nll", "copied_8grams"} <= set(r.get("per_sample", {}))]
+    out = []
+    for ratio, samples in dict.fromkeys((r["ratio"], round(r["nll_full"], 5)) for r in rows):
+        same = [r for r in rows if (r["ratio"], round(r["nll_full"], 5)) == (ratio, samples)]
+        per_sample = same[0]["per_sample"]
+        copied = per_sample["copied_8grams"]
+        fulls = [nll - delta for nll, delta in zip(per_sample["nll"], per_sample["delta_nll"])]
+        free = [i for i, share in enumerate(copied) if share < COPY_SHARE]
+        n = len(copied)
+        out.append(f"**continuation at {ratio:g} per context: NLL increase over full** ({title}; copy contexts: "
+                   f"{COPY_SHARE:.0%} or more of the continuation's 8-grams occur in the context)\n")
+        out.append("| | " + " | ".join(f"ctx {i + 1}" for i in range(n))
+                   + f" | mean | mean without copy contexts ({len(free)} of {n}) |")
+        out.append("|" + " --- |" * (n + 3))
+        out.append("| copied 8-grams | " + " | ".join(f"{c:.2f}" for c in copied) + " | | |")
+        out.append("| full NLL | " + " | ".join(f"{f:.3f}" for f in fulls) + f" | {sum(fulls) / n:.3f} | "
+                   + (f"{sum(fulls[i] for i in free) / len(free):.3f}" if free else "-") + " |")
+        for record in same:
+            deltas = record["per_sample"]["delta_nll"]
+            out.append(f"| {record['scorer']} | " + " | ".join(f"{d:+.3f}" for d in deltas)
+                       + f" | {_mean_with_share(deltas, fulls)} | "
+                       + _mean_with_share([deltas[i] for i in free], [fulls[i] for i in free]) + " |")
+        out.append("")
+    return out
+
+
 def markdown_tables(*results: dict) -> str:
     """The tables of one or more results dicts (as written to results.json)."""
     records = [{**r, "context_length": res["header"]["config"].get("context_length"),
@@ -88,6 +132,7 @@ def markdown_tables(*results: dict) -> str:
                 cells = [values.get(q, "-") for q in ratios]
                 out.append(f"| {scorer} | " + " | ".join(cells) + " |")
             out.append("")
+        out += context_tables(group, f"{length} tokens, {domain}, {level} level")
     return "\n".join(out)
 
 

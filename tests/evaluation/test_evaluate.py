@@ -194,3 +194,21 @@ def test_report_of_a_file_without_records_is_an_error(tmp_path, capsys):
     path.write_text(json.dumps({"header": {"config": {}}, "records": []}))
     assert main([str(path)]) == 2
     assert "holds no evaluation records" in capsys.readouterr().err
+
+
+def test_continuation_per_context_table_averages_copy_contexts_apart():
+    def record(scorer, deltas):
+        fulls = [2.0, 1.0, 0.1]
+        return {"task": "continuation", "scorer": scorer, "ratio": 0.3, "level": "token", "n_samples": 3,
+                "nll": sum(f + d for f, d in zip(fulls, deltas)) / 3, "nll_full": sum(fulls) / 3,
+                "delta_nll": sum(deltas) / 3, "kv_fraction": 0.3,
+                "per_sample": {"nll": [f + d for f, d in zip(fulls, deltas)], "delta_nll": deltas,
+                               "copied_8grams": [0.0, 0.2, 0.9]}}
+
+    records = [record("full", [0.0, 0.0, 0.0]), record("gate", [0.03, 0.0, 0.9])]
+    text = markdown_tables({"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": records})
+    assert "| | ctx 1 | ctx 2 | ctx 3 | mean | mean without copy contexts (2 of 3) |" in text
+    assert "| copied 8-grams | 0.00 | 0.20 | 0.90 | | |" in text
+    assert "| full NLL | 2.000 | 1.000 | 0.100 | 1.033 | 1.500 |" in text
+    # all three: mean +0.310 of 1.033; without the copy context: +0.015 of 1.500 = 1.0%
+    assert "| gate | +0.030 | +0.000 | +0.900 | +0.310 (30.0%) | +0.015 (1.0%) |" in text
