@@ -3,7 +3,7 @@
 One table per (context length, domain, level, task, metric): rows are scorers, columns retention
 ratios, cells the mean and, where the record has it, its standard error over the samples; the
 records of several files with the same context length, domain and level (token pooling included)
-share tables, e.g. runs of different ratios. Continuation records that carry per-sample values
+share tables, e.g. runs of different ratios. Continuation and decode records with per-sample values
 also get a per-context table, with contexts whose continuation copies the context averaged apart.
 This is how the tables in docs/ are made.
 """
@@ -74,20 +74,20 @@ def _mean_with_share(deltas: list[float], fulls: list[float]) -> str:
 
 
 def context_tables(group: list[dict], title: str) -> list[str]:
-    """Per-context tables of the continuation records in `group` that carry per-sample values: one per
-    (ratio, set of samples), contexts in columns, the NLL increase of each scorer over full, its mean
+    """Per-context tables of the continuation and decode records in `group` that carry per-sample values:
+    one per (task, ratio, set of samples), contexts in columns, the NLL increase of each scorer over full, its mean
     over all contexts and over the contexts that do not copy (`COPY_SHARE`)."""
-    rows = [r for r in group if r["task"] == "continuation" and r["scorer"] != "full"
+    rows = [r for r in group if r["task"] in ("continuation", "decode") and r["scorer"] != "full"
             and {"delta_nll", "nll", "copied_8grams"} <= set(r.get("per_sample", {}))]
     out = []
-    for ratio, samples in dict.fromkeys((r["ratio"], round(r["nll_full"], 5)) for r in rows):
-        same = [r for r in rows if (r["ratio"], round(r["nll_full"], 5)) == (ratio, samples)]
+    for task, ratio, samples in dict.fromkeys((r["task"], r["ratio"], round(r["nll_full"], 5)) for r in rows):
+        same = [r for r in rows if (r["task"], r["ratio"], round(r["nll_full"], 5)) == (task, ratio, samples)]
         per_sample = same[0]["per_sample"]
         copied = per_sample["copied_8grams"]
         fulls = [nll - delta for nll, delta in zip(per_sample["nll"], per_sample["delta_nll"])]
         free = [i for i, share in enumerate(copied) if share < COPY_SHARE]
         n = len(copied)
-        out.append(f"**continuation at {ratio:g} per context: NLL increase over full** ({title}; copy contexts: "
+        out.append(f"**{task} at {ratio:g} per context: NLL increase over full** ({title}; copy contexts: "
                    f"{COPY_SHARE:.0%} or more of the continuation's 8-grams occur in the context)\n")
         out.append("| | " + " | ".join(f"ctx {i + 1}" for i in range(n))
                    + f" | mean | mean without copy contexts ({len(free)} of {n}) |")

@@ -127,6 +127,7 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
             nll, predicted = decode_continuation(model, None, [sample.continuation.tolist()], decoding, gates=gates,
                                                  context=context)
             metrics.setdefault("nll", []).append(float(nll.mean()))
+            metrics.setdefault("copied_8grams", []).append(copied_share(sample.context, sample.continuation))
             if policy.scorer == "full":
                 reference[index] = predicted
             metrics.setdefault("top1_agreement", []).append(float((predicted == reference[index]).mean()))
