@@ -127,7 +127,6 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
             nll, predicted = decode_continuation(model, None, [sample.continuation.tolist()], decoding, gates=gates,
                                                  context=context)
             metrics.setdefault("nll", []).append(float(nll.mean()))
-            metrics.setdefault("copied_8grams", []).append(copied_share(sample.context, sample.continuation))
             if policy.scorer == "full":
                 reference[index] = predicted
             metrics.setdefault("top1_agreement", []).append(float((predicted == reference[index]).mean()))
@@ -139,7 +138,6 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
             scored = np.asarray(sample.scored)
             metrics.setdefault("nll", []).append(float(np.asarray(nll)[scored].mean()))
             if task == "continuation":
-                metrics.setdefault("copied_8grams", []).append(copied_share(sample.context, sample.continuation))
                 if policy.scorer == "full":
                     reference[index] = log_probs
                 full = reference[index]
@@ -160,6 +158,8 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
                     reference[index] = answer
                 metrics.setdefault("exact_match", []).append(float(answer == reference[index]))
                 metrics.setdefault("f1", []).append(token_f1(answer, reference[index]))
+        if task in ("continuation", "decode"):  # how much of the continuation the context already holds
+            metrics.setdefault("copied_8grams", []).append(copied_share(sample.context, sample.continuation))
     result: dict = {name: float(np.mean(values)) for name, values in metrics.items()}
     result["kv_fraction"] = float(np.mean(fractions))
     result["per_sample"] = metrics
