@@ -29,7 +29,7 @@ from gatekv_jax.kv.gate_files import load_gates, pretrained_gates
 from gatekv_jax.models.loading import load_model, load_tokenizer
 from gatekv_jax.utils.files import write_json
 
-FACT = re.compile(r"The code of \w+ is (\d+)\.")
+FACT = re.compile(r"The code of (\w+) is (\d+)\.")  # groups: the name, the number
 
 
 def fact_parts(pieces: list[str]) -> tuple[set[int], set[int]]:
@@ -40,17 +40,19 @@ def fact_parts(pieces: list[str]) -> tuple[set[int], set[int]]:
     for match in FACT.finditer(text):
         for i in range(len(pieces)):
             if starts[i] < match.end() and starts[i + 1] > match.start():
-                inside_number = starts[i] < match.end(1) and starts[i + 1] > match.start(1)
+                inside_number = starts[i] < match.end(2) and starts[i + 1] > match.start(2)
                 (digits if inside_number else sentence).add(i)
     return digits, sentence
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def recall_setup(description: str, default_scorers: str):
+    """The command line shared by the recall analysis scripts, and what it loads: (args, eval config,
+    model, tokenizer, gates, chat prefix)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--source", default="prose")
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--ratio", type=float, default=0.3)
-    parser.add_argument("--scorers", default="gate,keydiff,snapkv,knorm,expected_attention")
+    parser.add_argument("--scorers", default=default_scorers)
     parser.add_argument("--gates", default=None, help="a gates.safetensors file (default: the packaged gates)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -59,6 +61,21 @@ def main() -> None:
     model, tokenizer = load_model(config.model), load_tokenizer(config.model)
     gates = pretrained_gates(config.model) if args.gates is None else load_gates(args.gates)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix
+    return args, config, model, tokenizer, gates, prefix
+
+
+def compress(model, config, tokens: list[int], scorer: str, ratio: float, gates, prefix_length: int):
+    """`tokens` prefilled under `scorer` at `ratio`: the compressed context, and the positions its
+    first gated layer keeps (the `token` level keeps the same ones in every gated layer)."""
+    context = prefill(model, [tokens], policy_for(config, scorer, ratio), gates=gates if scorer == "gate" else None,
+                      prefix_length=prefix_length)
+    positions = np.asarray(context.cache.layers[model.config.full_attention_layers[0]].positions[0, 0])
+    return context, set(positions[positions >= 0].tolist())
+
+
+def main() -> None:
+    args, config, model, tokenizer, gates, prefix = recall_setup(
+        __doc__.splitlines()[0], "gate,keydiff,snapkv,knorm,expected_attention")
     shares: dict[str, dict[str, list[float]]] = {}
     beside_gate: dict[str, dict[str, list[float]]] = {}
     for sample in recall_samples(config, tokenizer):
@@ -69,10 +86,7 @@ def main() -> None:
             raise ValueError("no planted facts found in a recall sample")
         kept_digits = {}
         for scorer in args.scorers.split(","):
-            context = prefill(model, [tokens], policy_for(config, scorer, args.ratio),
-                              gates=gates if scorer == "gate" else None, prefix_length=len(prefix))
-            positions = np.asarray(context.cache.layers[model.config.full_attention_layers[0]].positions[0, 0])
-            kept = set(positions[positions >= 0].tolist())
+            _, kept = compress(model, config, tokens, scorer, args.ratio, gates, len(prefix))
             row = shares.setdefault(scorer, {"digits": [], "fact_sentences": [], "filler": []})
             for name, part in (("digits", digits), ("fact_sentences", sentence), ("filler", filler)):
                 row[name].append(len(kept & part) / len(part))

@@ -16,23 +16,17 @@ share of each token of a fact sentence, and writes the same as JSON.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import re
 
 import jax.numpy as jnp
 import numpy as np
+from fact_keep_shares import FACT, compress, recall_setup  # scripts/, beside this one
 
-from gatekv_jax.engine.prefill import prefill
 from gatekv_jax.engine.scoring import continuation_log_probs
-from gatekv_jax.engine.teacher import RepeatPrompts
-from gatekv_jax.evaluation.runner import load_config, policy_for
+from gatekv_jax.evaluation.runner import policy_for
 from gatekv_jax.evaluation.tasks import recall_samples
-from gatekv_jax.kv.gate_files import load_gates, pretrained_gates
-from gatekv_jax.models.loading import load_model, load_tokenizer
 from gatekv_jax.utils.files import write_json
 
-FACT = re.compile(r"The code of (\w+) is (\d+)\.")
 PARTS = ("digits", "name", "other")
 
 
@@ -60,19 +54,7 @@ def token_role(pieces: list[str], part: list[str], digits: list[int], i: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="prose")
-    parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--ratio", type=float, default=0.3)
-    parser.add_argument("--scorers", default="gate")
-    parser.add_argument("--gates", default=None, help="a gates.safetensors file (default: the packaged gates)")
-    parser.add_argument("--output", default=None)
-    args = parser.parse_args()
-    config = load_config(n_samples=args.samples)
-    config.data.source = args.source
-    model, tokenizer = load_model(config.model), load_tokenizer(config.model)
-    gates = pretrained_gates(config.model) if args.gates is None else load_gates(args.gates)
-    prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix
+    args, config, model, tokenizer, gates, prefix = recall_setup(__doc__.splitlines()[0], "gate")
     scorers = args.scorers.split(",")
     excess = {scorer: {part: [] for part in PARTS} for scorer in scorers}
     facts = []
@@ -84,13 +66,10 @@ def main() -> None:
         scored = np.asarray(sample.scored)
         nll, kept = {}, {}
         for scorer in ["full"] + scorers:
-            policy = policy_for(config, scorer, args.ratio)
-            scorer_gates = gates if scorer == "gate" else None
-            compressed = prefill(model, [context], policy, gates=scorer_gates, prefix_length=len(prefix))
-            positions = np.asarray(compressed.cache.layers[model.config.full_attention_layers[0]].positions[0, 0])
-            kept[scorer] = set(positions[positions >= 0].tolist())
-            log_probs = continuation_log_probs(model, None, [sample.continuation.tolist()], policy,
-                                               gates=scorer_gates, context=compressed)[0]
+            compressed, kept[scorer] = compress(model, config, context, scorer, args.ratio, gates, len(prefix))
+            log_probs = continuation_log_probs(model, None, [sample.continuation.tolist()],
+                                               policy_for(config, scorer, args.ratio),
+                                               gates=gates if scorer == "gate" else None, context=compressed)[0]
             targets = jnp.asarray(sample.continuation)[:, None]
             nll[scorer] = -np.asarray(jnp.take_along_axis(log_probs, targets, axis=1)[:, 0])
         for scorer in scorers:
