@@ -32,17 +32,28 @@ from gatekv_jax.utils.files import write_json
 FACT = re.compile(r"The code of (\w+) is (\d+)\.")  # groups: the name, the number
 
 
-def fact_parts(pieces: list[str]) -> tuple[set[int], set[int]]:
-    """Token indices of the planted numbers and of the rest of the planted sentences."""
+def fact_labels(pieces: list[str]) -> tuple[list[str], list[int]]:
+    """Per token of a recall context: its part ("digits", "name" or "other") and the index of its
+    planted fact (-1 outside)."""
     starts = np.cumsum([0] + [len(p) for p in pieces])
     text = "".join(pieces)
-    digits, sentence = set(), set()
-    for match in FACT.finditer(text):
+    part, fact = ["other"] * len(pieces), [-1] * len(pieces)
+    for index, match in enumerate(FACT.finditer(text)):
         for i in range(len(pieces)):
             if starts[i] < match.end() and starts[i + 1] > match.start():
-                inside_number = starts[i] < match.end(2) and starts[i + 1] > match.start(2)
-                (digits if inside_number else sentence).add(i)
-    return digits, sentence
+                fact[i] = index
+                for group, name in ((2, "digits"), (1, "name")):
+                    if starts[i] < match.end(group) and starts[i + 1] > match.start(group):
+                        part[i] = name
+                        break
+    return part, fact
+
+
+def fact_parts(pieces: list[str]) -> tuple[set[int], set[int]]:
+    """Token indices of the planted numbers and of the rest of the planted sentences."""
+    part, fact = fact_labels(pieces)
+    digits = {i for i, p in enumerate(part) if p == "digits"}
+    return digits, {i for i, f in enumerate(fact) if f >= 0} - digits
 
 
 def recall_setup(description: str, default_scorers: str):

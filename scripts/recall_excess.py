@@ -20,7 +20,7 @@ import collections
 
 import jax.numpy as jnp
 import numpy as np
-from fact_keep_shares import FACT, compress, recall_setup  # scripts/, beside this one
+from fact_keep_shares import compress, fact_labels, recall_setup  # scripts/, beside this one
 
 from gatekv_jax.engine.scoring import continuation_log_probs
 from gatekv_jax.evaluation.runner import policy_for
@@ -28,22 +28,6 @@ from gatekv_jax.evaluation.tasks import recall_samples
 from gatekv_jax.utils.files import write_json
 
 PARTS = ("digits", "name", "other")
-
-
-def fact_labels(pieces: list[str]) -> tuple[list[str], list[int]]:
-    """Per token: its part ("digits", "name" or "other") and the index of its planted fact (-1 outside)."""
-    starts = np.cumsum([0] + [len(p) for p in pieces])
-    text = "".join(pieces)
-    part, fact = ["other"] * len(pieces), [-1] * len(pieces)
-    for index, match in enumerate(FACT.finditer(text)):
-        for i in range(len(pieces)):
-            if starts[i] < match.end() and starts[i + 1] > match.start():
-                fact[i] = index
-                for group, name in ((2, "digits"), (1, "name")):
-                    if starts[i] < match.end(group) and starts[i + 1] > match.start(group):
-                        part[i] = name
-                        break
-    return part, fact
 
 
 def token_role(pieces: list[str], part: list[str], digits: list[int], i: int) -> str:
