@@ -7,8 +7,9 @@ gates, `token` level, pool 3): ten facts "The code of <name> is <number>." in on
 context. For each fact the script also builds the same context with the other nine facts taken
 out ("alone"). In both it records, for the fact's name and its number's first digit, the KVzip
 teacher's rank quantile (the best of the gated layers; 1 = the token the teacher needs most),
-the gate's rank quantile (the same, from the gates' scores) and whether the gate keeps the token
-at `--ratio` (prefill as the evaluation does). The gate is causal, so the first fact's gate
+the gate's rank quantile (the same, from the gates' scores; a name of several pieces takes its
+best piece's) and whether the gate keeps the token at `--ratio` (prefill as the evaluation does;
+a name counts as kept when all its pieces are). The gate is causal, so the first fact's gate
 scores are the same in both contexts; the teacher's repeat pass reads the whole context.
 Prints the means per part and context and writes every fact's values as JSON.
 """
@@ -32,9 +33,9 @@ def best_layer_quantile(scores: np.ndarray) -> np.ndarray:
     return ranks.max(0)
 
 
-def fact_tokens(pieces: list[str], fact: int) -> dict[str, list[int]]:
-    """Token indices of fact number `fact`'s name and of its number's first digit."""
-    part, index = fact_labels(pieces)
+def fact_tokens(part: list[str], index: list[int], fact: int) -> dict[str, list[int]]:
+    """Token indices of fact number `fact`'s name and of its number's first digit, from
+    `fact_labels`' per-token parts and fact indices."""
     name = [i for i, (p, f) in enumerate(zip(part, index)) if f == fact and p == "name"]
     digits = [i for i, (p, f) in enumerate(zip(part, index)) if f == fact and p == "digits"]
     if not name or not digits:
@@ -51,12 +52,12 @@ def score_context(model, config, tokenizer, gates, prompts, context: list[int], 
         for g, layer in enumerate(model.config.full_attention_layers)]))
     prefix = len(prompts.prefix)
     _, kept = compress(model, config, list(prompts.prefix) + context, "gate", ratio, gates, prefix)
-    pieces = [tokenizer.decode([t]) for t in context]
+    labels = fact_labels([tokenizer.decode([t]) for t in context])
 
     def fact_values(fact: int) -> dict:
         return {part: {"teacher": float(max(teacher[i] for i in where)), "gate": float(max(gate[i] for i in where)),
                        "kept": all(i + prefix in kept for i in where)}
-                for part, where in fact_tokens(pieces, fact).items()}
+                for part, where in fact_tokens(*labels, fact).items()}
 
     return fact_values
 
