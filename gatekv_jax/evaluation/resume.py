@@ -1,6 +1,7 @@
 """Resuming an evaluation: the records of an earlier run of the same config that still hold.
 
-`results.json` is refused when its config differs; gate records of other gates (their
+`results.json` is refused when its config differs (where it is written, `output`, aside: a results folder
+can be moved and resumed); gate records of other gates (their
 `gates_sha256`) are dropped to be scored again; and a task's records are refused as stale when
 the full cache's reference, recomputed, no longer matches the file's (other samples or numerics).
 """
@@ -13,6 +14,8 @@ import os
 import numpy as np
 
 from gatekv_jax.utils.files import read_json
+
+LOCATION_FIELDS = ("output",)  # config fields that say where results go, not what they are
 
 
 def record_key(record: dict) -> tuple:
@@ -29,7 +32,7 @@ def previous_records(config, path: str, digest: str | None) -> tuple[dict[tuple,
         return {}, {}
     previous = read_json(path)
     old, new = previous["header"]["config"], json.loads(json.dumps(config.to_dict()))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in LOCATION_FIELDS)
     if changed:
         raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
                          f"pass a new --config.output or remove the file")

@@ -98,6 +98,12 @@ def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monk
     path.write_text(json.dumps(stale))
     with pytest.raises(ValueError, match="the full cache's recall nll is now .* its records are stale"):
         evaluate(config)
+    moved = tmp_path / "moved"  # a finished results folder, moved, resumes from its new place
+    moved.mkdir()
+    (moved / "results.json").write_text(json.dumps(regated))
+    config.output = str(moved)
+    calls.clear()
+    assert evaluate(config)["records"] == regated["records"] and calls == []  # complete: nothing is scored
     config.sink = 8
     with pytest.raises(ValueError, match=r"another config \(fields \['sink'\] differ\)"):
         evaluate(config)
