@@ -16,7 +16,7 @@ import sys
 from gatekv_jax.engine.decode import generate
 from gatekv_jax.engine.prefill import prefill
 from gatekv_jax.kv.gate_files import PRETRAINED, load_gates, pretrained_gates
-from gatekv_jax.kv.policy import LEVELS, SCORERS, EvictionPolicy
+from gatekv_jax.kv.policy import LEVELS, SCORERS, TOKEN_RANKS, EvictionPolicy
 from gatekv_jax.models.loading import load_model, load_tokenizer
 
 DEFAULTS = EvictionPolicy(scorer="full")  # the library's field defaults are the CLI's
@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"how the budget is spread over gated layers and heads (default {DEFAULTS.level})")
     p.add_argument("--token_pool", type=int, default=DEFAULTS.token_pool,
                    help="neighbouring slots pooled at --level=token (odd)")
+    p.add_argument("--token_rank", choices=TOKEN_RANKS,
+                   help="how --level=token compares layers (default: score for the gate, quantile otherwise)")
     p.add_argument("--decode_budget", type=int)
     p.add_argument("--gates", help="gates file (safetensors) for --scorer=gate (default: the packaged gates)")
     p.add_argument("--max_new_tokens", type=int, default=64)
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         policy = EvictionPolicy(scorer=args.scorer, ratio=None if args.scorer == "full" else ratio,
                                 budget=None if args.scorer == "full" else args.budget, window=args.window,
                                 sink=args.sink, chunk_size=args.chunk_size, level=args.level,
-                                token_pool=args.token_pool, decode_budget=args.decode_budget, seed=args.seed)
+                                token_pool=args.token_pool, token_rank=args.token_rank,
+                                decode_budget=args.decode_budget, seed=args.seed)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     gates = None

@@ -60,7 +60,8 @@ def allocation(config: ModelConfig, policy: EvictionPolicy, bucket: int, min_kee
     if policy.level == "global" and config.full_attention_layers:
         capacities = prefill_capacities(config, policy, bucket, min_keep)
         head_cap = capacities[config.full_attention_layers[0]] - policy.chunk_size
-    return Allocation(level=policy.level, head_cap=head_cap, token_pool=policy.token_pool)
+    return Allocation(level=policy.level, head_cap=head_cap, token_pool=policy.token_pool,
+                      token_rank=policy.token_ranking)
 
 
 def append_capacities(config: ModelConfig, policy: EvictionPolicy, capacities: Sequence[int], filled: Sequence[int],

@@ -48,6 +48,7 @@ def evict_cache(cache: KVCache, config: ModelConfig, policy: EvictionPolicy, kee
 
     gated = config.full_attention_layers
     head_cap = cache.layers[gated[0]].capacity if policy.level == "global" and gated else None
-    allocation = Allocation(level=policy.level, head_cap=head_cap, token_pool=policy.token_pool)
+    allocation = Allocation(level=policy.level, head_cap=head_cap, token_pool=policy.token_pool,
+                            token_rank=policy.token_ranking)
     return evict(cache, config, per_row(keep), per_row(policy.sink if protect_before is None else protect_before),
                  per_row(policy.decode_recent if recent is None else recent), allocation)

@@ -72,6 +72,12 @@ def decoding_policy(policy: EvictionPolicy, context_length: int, decode_length: 
     return dataclasses.replace(policy, decode_budget=budget)
 
 
+def token_rank_of(config, scorer: str, ratio: float) -> str | None:
+    """The token ranking a record of `scorer` at `ratio` is made with (None: not ranked at level "token")."""
+    policy = policy_for(config, scorer, ratio)
+    return policy.token_ranking if policy.evicts and config.level == "token" else None
+
+
 def check_config(config) -> tuple[list[str], list[str], list[float]]:
     """Validate a whole evaluation config before anything loads; returns (scorers, tasks, ratios)."""
     scorers = [s.strip() for s in str(config.scorers).split(",")]
@@ -186,7 +192,8 @@ def evaluate(config) -> dict:
         digest = gates_digest(gates)
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix if config.chat_prefix else ()
     path = os.path.join(config.output, "results.json")
-    previous, timings = previous_records(config, path, digest)  # timings carry over: seconds spent in every run so far
+    # timings carry over: seconds spent in every run so far
+    previous, timings = previous_records(config, path, digest, token_rank_of)
     earlier_seconds = timings.pop("total_seconds", 0.0)
     records = []
 
@@ -229,6 +236,8 @@ def evaluate(config) -> dict:
                     _score_task(task, model, tokenizer, samples, policy, gates, reference, prefix, teacher_memo)
                 record = {"task": task, "scorer": scorer, "ratio": ratio, "level": config.level,
                           "n_samples": len(samples), **metrics}
+                if policy.evicts and config.level == "token":
+                    record["token_rank"] = policy.token_ranking
                 if scorer == "gate":
                     record["gates_sha256"] = digest
                 if task in ("continuation", "decode", "recall"):

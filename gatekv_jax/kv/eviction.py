@@ -7,9 +7,11 @@ How the `keep` budget is spread (the policy's `level`):
 - "head": every gated (layer, KV head) keeps its own top `keep`;
 - "global": one threshold per row over all gated heads (per-head counts vary, capped);
 - "token": every gated layer and head keeps the same `keep` tokens, ranked by each token's best
-  rank quantile over the gated (layer, head)s, so a token that matters anywhere is kept everywhere;
-  with `token_pool` > 1 a token also takes the best quantile of its neighbouring slots, so the
-  glue of a kept phrase (the space before a number, the word before a name) stays with it.
+  rank over the gated (layer, head)s, so a token that matters anywhere is kept everywhere; the rank
+  is the score itself (`token_rank="score"`, for scores on one scale in every layer: the gate's
+  probabilities) or its quantile within the head (`"quantile"`, for scores on per-layer scales);
+  with `token_pool` > 1 a token also takes the best rank of its neighbouring slots, so the glue of
+  a kept phrase (the space before a number, the word before a name) stays with it.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ _NO_POSITION = jnp.iinfo(jnp.int32).max
 
 class Allocation(NamedTuple):
     """How gated layers spread their budget (static under jit): the `level` ("head", "global" or
-    "token"), the per-head cap of "global", and the neighbourhood (odd, in slots) of "token".
-    Built from an `EvictionPolicy` by the engine; `PER_HEAD` is decoding's allocation."""
+    "token"), the per-head cap of "global", and the neighbourhood (odd, in slots) and ranking
+    ("score" or "quantile") of "token". Built from an `EvictionPolicy` by the engine; `PER_HEAD` is
+    decoding's allocation."""
 
     level: str
     head_cap: int | None
     token_pool: int
+    token_rank: str = "quantile"
 
 
 PER_HEAD = Allocation(level="head", head_cap=None, token_pool=1)
@@ -90,15 +94,16 @@ def _rank_quantiles(priority: jax.Array) -> jax.Array:
     return jnp.where(finite, (rank - below) / scored, priority)
 
 
-def _token_priority(priority_by_layer: list[jax.Array], pool: int = 1) -> jax.Array:
-    """One priority [B, 1, S] for every gated layer and head: the best rank quantile of each slot,
-    max-pooled over `pool` neighbouring slots (scored slots only: protected slots stay +inf and
-    lend nothing to their neighbours, empty slots stay -inf).
+def _token_priority(priority_by_layer: list[jax.Array], pool: int = 1, rank: str = "quantile") -> jax.Array:
+    """One priority [B, 1, S] for every gated layer and head: each slot's best score (`rank`
+    "score") or best rank quantile within its head ("quantile"), max-pooled over `pool`
+    neighbouring slots (scored slots only: protected slots stay +inf and lend nothing to their
+    neighbours, empty slots stay -inf).
 
     Needs gated layers whose slots hold the same positions in the same order, which holds for
     caches that were only ever evicted at this level (each eviction leaves identical layouts)."""
-    quantiles = jnp.concatenate([_rank_quantiles(p) for p in priority_by_layer], axis=1)  # [B, L*K, S]
-    best = quantiles.max(axis=1, keepdims=True)  # [B, 1, S]
+    ranked = priority_by_layer if rank == "score" else [_rank_quantiles(p) for p in priority_by_layer]
+    best = jnp.concatenate(ranked, axis=1).max(axis=1, keepdims=True)  # [B, 1, S] from [B, L*K, S]
     if pool == 1:
         return best
     scored = jnp.isfinite(best)
@@ -117,7 +122,7 @@ def evict(cache: KVCache, config: ModelConfig, keep: jax.Array, protect_before: 
     gated = [i for i in range(config.num_layers) if evict_gated and not config.is_sliding(i)]
     gated_priority = [priorities(cache.layers[i], protect_before, recent) for i in gated]
     if level == "token" and gated:
-        shared = _token_priority(gated_priority, allocation.token_pool)
+        shared = _token_priority(gated_priority, allocation.token_pool, allocation.token_rank)
         gated_priority = [jnp.broadcast_to(shared, p.shape) for p in gated_priority]
     if level == "global" and gated:
         gated_keep = _global_keep(gated_priority, keep, allocation.head_cap)

@@ -7,6 +7,7 @@ import math
 
 SCORERS = ("full", "gate", "kvzip", "streaming", "snapkv", "h2o", "random", "keydiff", "knorm", "expected_attention")
 LEVELS = ("head", "global", "token")
+TOKEN_RANKS = ("score", "quantile")
 MAX_SLOTS = 2**31 - 1  # positions and slot counts are int32
 
 
@@ -37,17 +38,23 @@ class EvictionPolicy:
         system prompt / template) may be protected per call.
     chunk_size: prefill chunk length; the cache is compressed after every chunk.
     level: "token" (default) keeps the same tokens in every gated layer and head, ranked by each
-        token's best rank quantile over them; "head" keeps the same count in every head, each its
-        own top-k; "global" (the paper's) ranks all gated heads of a row against one threshold
+        token's best rank over them (`token_rank`); "head" keeps the same count in every head, each
+        its own top-k; "global" (the paper's) ranks all gated heads of a row against one threshold
         (per-head counts vary, each capped by `global_head_cap` x budget). Decoding-time eviction
         is per head at every level. "token" is the default because it is the best level we have
         measured: Gemma 3 270M, packaged gates, held-out code, 2K tokens, 30% kept: recall NLL
         0.458 at "token", 1.328 at "global", 1.504 at "head" (full 0.336; one eviction after the
         whole context, docs/results/recall_ablation); in the engine "token" closes 78% of the
         streaming-to-full recall gap and finds 6 of 6 needles, "global" 0.5% and 2 of 6.
-    token_pool: at level "token", each token also takes the best quantile of the `token_pool`
-        (odd) neighbouring slots around it, so a kept phrase keeps its glue tokens (the space
-        before a number); 1 = no pooling.
+    token_pool: at level "token", each token also takes the best rank of the `token_pool` (odd)
+        neighbouring slots around it, so a kept phrase keeps its glue tokens (the space before a
+        number); 1 = no pooling.
+    token_rank: how level "token" compares one token's scores across gated layers: "score" (the
+        scores themselves, for scores on one scale in every layer) or "quantile" (each score's rank
+        quantile within its head); None = "score" for the gate, whose scores are probabilities of
+        one target in every layer, and "quantile" for every other scorer. Measured on Gemma 3 270M,
+        packaged gates, 2K held-out prose, 30% kept: "score" closes 90% of the streaming-to-full
+        recall gap and finds 54 of 70 pass keys, "quantile" 77% and 49 (docs/results.md).
     decode_budget: slots per head kept while decoding (None = no eviction while decoding); when a
         block of `decode_block` new slots is full, the cache is evicted back to the budget,
         keeping the last `decode_recent` tokens and the first `sink` tokens.
@@ -63,6 +70,7 @@ class EvictionPolicy:
     chunk_size: int = 512
     level: str = "token"
     token_pool: int = 3
+    token_rank: str | None = None
     observation_window: int = 32
     pool_kernel: int = 7
     decode_budget: int | None = None
@@ -94,6 +102,8 @@ class EvictionPolicy:
             value = getattr(self, name)
             if not _is_int(value) or not 0 <= value <= MAX_SLOTS:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r} (at most {MAX_SLOTS})")
+        if self.token_rank not in (None, *TOKEN_RANKS):
+            raise ValueError(f"unknown token_rank {self.token_rank!r}; choose from {TOKEN_RANKS} or None")
         for name in ("pool_kernel", "token_pool"):
             if getattr(self, name) % 2 == 0:
                 raise ValueError(f"{name} must be odd, got {getattr(self, name)}")
@@ -108,6 +118,13 @@ class EvictionPolicy:
     @property
     def evicts(self) -> bool:
         return self.scorer != "full"
+
+    @property
+    def token_ranking(self) -> str:
+        """The `token_rank` in force: the field, or the scorer's default when it is None."""
+        if self.token_rank is not None:
+            return self.token_rank
+        return "score" if self.scorer == "gate" else "quantile"
 
     def keep_count(self, seen: int) -> int:
         """Slots each head keeps after prefilling `seen` context tokens."""

@@ -92,6 +92,14 @@ def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monk
     assert calls == [("recall", "full"), ("recall", "gate"), ("needle", "full"), ("needle", "gate")]
     assert [r for r in regated["records"] if r["scorer"] != "gate"] == \
         [r for r in first["records"] if r["scorer"] != "gate"]
+    assert {r.get("token_rank") for r in regated["records"] if r["ratio"] < 1.0} >= {"score", "quantile"}
+    ranked_before = json.loads(path.read_text())  # a file from before token_rank: its gate records ranked by quantile
+    for record in ranked_before["records"]:
+        record.pop("token_rank", None)
+    path.write_text(json.dumps(ranked_before))
+    calls.clear()
+    assert evaluate(config)["records"] == regated["records"]
+    assert calls == [("recall", "full"), ("recall", "gate"), ("needle", "full"), ("needle", "gate")]
     stale = json.loads(path.read_text())  # a record to add to those of code whose full-cache reference differs
     stale["records"] = [r for r in stale["records"] if (r["task"], r["scorer"]) != ("recall", "gate")]
     next(r for r in stale["records"] if (r["task"], r["scorer"]) == ("recall", "full"))["per_sample"]["nll"][0] += 0.01

@@ -54,6 +54,17 @@ def test_token_level_priority_literal():
     np.testing.assert_array_equal(kept.positions[0, 0], [0, 1, 3, -1, -1, -1])  # ties keep the older slot first
 
 
+def test_token_level_score_ranking_compares_scores_across_layers_literal():
+    """By score a token keeps its best raw score over layers, so a layer whose scores are all low
+    (the quantiles would still give its best token 0.75) lends its tokens little."""
+    a = jnp.array([[[np.inf, 0.9, 0.8, 0.1, 0.5, -np.inf]]])
+    b = jnp.array([[[np.inf, 0.01, 0.02, 0.04, 0.03, -np.inf]]])
+    np.testing.assert_allclose(_token_priority([a, b], rank="score")[0, 0], [np.inf, 0.9, 0.8, 0.1, 0.5, -np.inf])
+    np.testing.assert_allclose(_token_priority([a, b])[0, 0], [np.inf, 0.75, 0.5, 0.75, 0.5, -np.inf])
+    pooled = _token_priority([a, b], pool=3, rank="score")[0, 0]  # protected and empty slots lend nothing
+    np.testing.assert_allclose(pooled, [np.inf, 0.9, 0.9, 0.8, 0.5, -np.inf])
+
+
 def test_token_pool_lends_neighbours_their_best_quantile_literal():
     a = jnp.array([[[np.inf, 0.1, 0.2, 0.9, 0.3, 0.4, 0.0, -np.inf]]])  # quantiles 1, 2, 5, 3, 4, 0 (/6)
     np.testing.assert_allclose(_token_priority([a])[0, 0], [np.inf, 1 / 6, 2 / 6, 5 / 6, 3 / 6, 4 / 6, 0, -np.inf])

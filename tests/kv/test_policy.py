@@ -20,6 +20,7 @@ from gatekv_jax.kv.policy import EvictionPolicy
      "global_head_cap must be a finite number >= 1, got nan"),
     (dict(scorer="gate", ratio=0.3, window=2**31), "window must be a positive int or None, got 2147483648"),
     (dict(scorer="gate", ratio=0.3, seed=1.5), "seed must be an int, got 1.5"),
+    (dict(scorer="gate", ratio=0.3, token_rank="mean"), "unknown token_rank 'mean'"),
 ])
 def test_policy_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -34,4 +35,13 @@ def test_the_default_level_is_the_best_measured_one_everywhere():
     policy = EvictionPolicy(scorer="gate", ratio=0.3)
     assert (policy.level, policy.token_pool) == ("token", 3)
     args = _parser().parse_args(["--prompt=x"])
-    assert (args.level, args.token_pool) == (policy.level, policy.token_pool)
+    assert (args.level, args.token_pool, args.token_rank) == (policy.level, policy.token_pool, policy.token_rank)
+
+
+def test_the_token_ranking_is_by_score_for_the_gate_only():
+    """The gate's scores are probabilities of one target in every layer (ranked by score: the best
+    measured, docs/results.md); other scorers' scales differ by layer (ranked by quantile)."""
+    assert EvictionPolicy(scorer="gate", ratio=0.3).token_ranking == "score"
+    assert EvictionPolicy(scorer="snapkv", ratio=0.3).token_ranking == "quantile"
+    assert EvictionPolicy(scorer="gate", ratio=0.3, token_rank="quantile").token_ranking == "quantile"
+    assert EvictionPolicy(scorer="keydiff", ratio=0.3, token_rank="score").token_ranking == "score"
