@@ -20,7 +20,7 @@ from gatekv_jax.engine.inputs import as_batch
 from gatekv_jax.engine.prefill import gates_for, prefill
 from gatekv_jax.engine.sampling import Sampling
 from gatekv_jax.kv.cache import CompressedContext, KVCache
-from gatekv_jax.kv.eviction import PER_HEAD, evict
+from gatekv_jax.kv.eviction import Allocation, evict
 from gatekv_jax.kv.policy import MAX_SLOTS, EvictionPolicy
 from gatekv_jax.kv.scorers import ScorerSpec
 from gatekv_jax.models.config import ModelConfig
@@ -43,23 +43,24 @@ def decode_room(policy: EvictionPolicy, max_new_tokens: int) -> int:
 
 
 def _make_room(cache: KVCache, config: ModelConfig, keep: jax.Array, protect_before: jax.Array, recent: jax.Array,
-               evict_gated: bool) -> KVCache:
+               allocation: Allocation, evict_gated: bool) -> KVCache:
     """Before a decode step: when any layer is full, evict every layer (gated ones back to `keep` [B]
-    per head when `evict_gated`; sliding ones to their window)."""
+    by `allocation` when `evict_gated`; sliding ones to their window)."""
     full = jnp.stack([(layer.lengths >= layer.capacity).any() for layer in cache.layers]).any()
-    return jax.lax.cond(full, lambda c: evict(c, config, keep, protect_before, recent, PER_HEAD,
+    return jax.lax.cond(full, lambda c: evict(c, config, keep, protect_before, recent, allocation,
                                               evict_gated=evict_gated), lambda c: c, cache)
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",),
-                   static_argnames=("config", "dtype", "spec", "sampling", "evict_gated", "bucket"))
+                   static_argnames=("config", "dtype", "spec", "sampling", "allocation", "evict_gated", "bucket"))
 def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Array, next_positions: jax.Array,
                 key: jax.Array, max_new_tokens: jax.Array, stop_ids: jax.Array, keep: jax.Array,
                 protect_before: jax.Array, recent: jax.Array, *, config: ModelConfig, dtype: Any, spec: ScorerSpec,
-                sampling: Sampling, evict_gated: bool, bucket: int) -> tuple[jax.Array, KVCache]:
+                sampling: Sampling, allocation: Allocation, evict_gated: bool, bucket: int
+                ) -> tuple[jax.Array, KVCache]:
     """Up to `max_new_tokens` (traced, <= bucket) tokens per row from logits [B, V]:
     `(tokens [B, bucket] with -1 after a stop or the last step, cache)`. When a gated layer is
-    full, it is evicted back to `keep` [B] (when `evict_gated`), per head."""
+    full, it is evicted back to `keep` [B] by `allocation` (when `evict_gated`)."""
     module = Decoder(config, dtype=dtype, scorer=spec)
     batch = logits.shape[0]
 
@@ -69,7 +70,7 @@ def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Ar
         token = sampling(logits, sample_key)  # [B]
         out = out.at[:, step].set(jnp.where(done, -1, token))
         done = done | jnp.isin(token, stop_ids)
-        cache = _make_room(cache, config, keep, protect_before, recent, evict_gated)
+        cache = _make_room(cache, config, keep, protect_before, recent, allocation, evict_gated)
         step_positions = jnp.where(done, -1, positions)[:, None]  # finished rows take no slot
         new_logits, cache = module.apply({"params": params}, token[:, None], step_positions, cache, gates)
         return step + 1, cache, new_logits[:, 0], positions + 1, key, done, out
@@ -85,11 +86,12 @@ def decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Ar
     return replicated(out), cache  # every process reads the tokens
 
 
-@functools.partial(jax.jit, donate_argnames=("cache",), static_argnames=("config", "dtype", "spec", "evict_gated"))
+@functools.partial(jax.jit, donate_argnames=("cache",),
+                   static_argnames=("config", "dtype", "spec", "allocation", "evict_gated"))
 def forced_decode_loop(params: dict, gates: dict | None, cache: KVCache, logits: jax.Array, next_positions: jax.Array,
                        tokens: jax.Array, lengths: jax.Array, keep: jax.Array, protect_before: jax.Array,
                        recent: jax.Array, *, config: ModelConfig, dtype: Any, spec: ScorerSpec,
-                       evict_gated: bool) -> tuple[jax.Array, jax.Array, KVCache]:
+                       allocation: Allocation, evict_gated: bool) -> tuple[jax.Array, jax.Array, KVCache]:
     """`decode_loop`'s steps fed the given tokens [B, M] (row b's first `lengths[b]`) instead of
     sampled ones, so the cache evolves, evictions included, as generating those tokens would
     make it: `(nll [B, M] of each token given the ones before, predicted [B, M] argmax ids, cache)`
@@ -106,7 +108,7 @@ def forced_decode_loop(params: dict, gates: dict | None, cache: KVCache, logits:
 
         def advance(state):
             cache, logits = state
-            cache = _make_room(cache, config, keep, protect_before, recent, evict_gated)
+            cache = _make_room(cache, config, keep, protect_before, recent, allocation, evict_gated)
             step_positions = jnp.where(done, -1, positions)[:, None]  # rows past their length take no slot
             new_logits, cache = module.apply({"params": params}, token[:, None], step_positions, cache, gates)
             return cache, jnp.where(done[:, None], logits, new_logits[:, 0])
@@ -172,7 +174,7 @@ def generate(model: Model, prompt_tokens: Any, policy: EvictionPolicy, *, gates:
         np.int32(max_new_tokens), jnp.asarray(stop or (-1,), jnp.int32), np.full(batch, budget or 0, np.int32),
         np.full(batch, policy.sink, np.int32), np.full(batch, policy.decode_recent, np.int32),
         config=config, dtype=jnp.dtype(model.dtype), spec=plan.scorer_spec(policy), sampling=sampling,
-        evict_gated=budget is not None, bucket=bucket)
+        allocation=plan.decode_allocation(policy), evict_gated=budget is not None, bucket=bucket)
     rows = []
     for row in np.asarray(out):
         row = row.tolist()

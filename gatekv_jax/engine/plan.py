@@ -11,7 +11,7 @@ import math
 from typing import Sequence
 
 from gatekv_jax.engine.inputs import round_up
-from gatekv_jax.kv.eviction import Allocation
+from gatekv_jax.kv.eviction import PER_HEAD, Allocation
 from gatekv_jax.kv.policy import EvictionPolicy
 from gatekv_jax.kv.scorers import ScorerSpec
 from gatekv_jax.models.config import ModelConfig
@@ -62,6 +62,14 @@ def allocation(config: ModelConfig, policy: EvictionPolicy, bucket: int, min_kee
         head_cap = capacities[config.full_attention_layers[0]] - policy.chunk_size
     return Allocation(level=policy.level, head_cap=head_cap, token_pool=policy.token_pool,
                       token_rank=policy.token_ranking)
+
+
+def decode_allocation(policy: EvictionPolicy) -> Allocation:
+    """How decoding evicts gated layers back to `decode_budget`: at level "token" as prefill does, so
+    the layers keep one shared layout and keep the same tokens; per head at the other levels."""
+    if policy.level == "token":
+        return Allocation(level="token", head_cap=None, token_pool=policy.token_pool, token_rank=policy.token_ranking)
+    return PER_HEAD
 
 
 def append_capacities(config: ModelConfig, policy: EvictionPolicy, capacities: Sequence[int], filled: Sequence[int],

@@ -88,5 +88,5 @@ def decode_continuation(model: Model, context_tokens: Any, continuation_tokens: 
         forced_decode_loop, model.params, gates, context.cache, context.last_logits, context.seen, padded, lengths,
         np.full(batch, budget or 0, np.int32), np.full(batch, policy.sink, np.int32),
         np.full(batch, policy.decode_recent, np.int32), config=model.config, dtype=jnp.dtype(model.dtype),
-        spec=plan.scorer_spec(policy), evict_gated=budget is not None)
+        spec=plan.scorer_spec(policy), allocation=plan.decode_allocation(policy), evict_gated=budget is not None)
     return np.asarray(nll)[:, :length], np.asarray(predicted)[:, :length]

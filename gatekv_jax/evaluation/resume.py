@@ -2,11 +2,11 @@
 
 `results.json` is refused when its config differs (where it is written, `output`, aside: a results
 folder can be moved and resumed); gate records of other gates (their `gates_sha256`) and records
-ranked at level "token" another way than the scorer's policy ranks now (their `token_rank`;
-records without one were ranked by quantiles) are dropped to be scored again; and a task's
-records are refused as stale when the full cache's reference, recomputed, no longer matches the
-file's (other samples or numerics).
-"""
+evicted another way than the scorer's policy evicts now (their eviction tags: `token_rank` at level
+"token", `decode_level` in the decode task; records from before a tag existed are read with its
+`LEGACY_TAGS` value) are dropped to be scored again; and a task's records are refused as stale
+when the full cache's reference, recomputed, no longer matches the file's (other samples or
+numerics)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 from gatekv_jax.utils.files import read_json
 
 LOCATION_FIELDS = ("output",)  # config fields that say where results go, not what they are
+LEGACY_TAGS = {"token_rank": "quantile", "decode_level": "head"}  # how records were made before each tag existed
 
 
 def record_key(record: dict) -> tuple:
@@ -26,12 +27,12 @@ def record_key(record: dict) -> tuple:
     return record["task"], record["scorer"], record["ratio"]
 
 
-def previous_records(config, path: str, digest: str | None, token_rank_of: Callable[[Any, str, float], str | None]
+def previous_records(config, path: str, digest: str | None, tags_of: Callable[[Any, str, str, float], dict[str, str]]
                      ) -> tuple[dict[tuple, dict], dict[str, float]]:
     """Records and timings already in `path` from a run of the same config (an interrupted or
     finished run resumes where it stopped); a file written by a different config is refused.
     Gate records of other gates (`gates_sha256` is not `digest`, e.g. after the packaged gates
-    changed) and records whose token ranking is not `token_rank_of(config, scorer, ratio)` today
+    changed) and records whose eviction tags are not `tags_of(config, task, scorer, ratio)` today
     are left out, so they are scored again."""
     if not os.path.isfile(path):
         return {}, {}
@@ -41,24 +42,18 @@ def previous_records(config, path: str, digest: str | None, token_rank_of: Calla
     if changed:
         raise ValueError(f"{path} holds results of another config (fields {changed} differ); "
                          f"pass a new --config.output or remove the file")
-    records = previous["records"]
-    kept = [r for r in records if (r["scorer"] != "gate" or r.get("gates_sha256") == digest)
-            and _token_rank(r, config.level) == token_rank_of(config, r["scorer"], r["ratio"])]
+    records, kept = previous["records"], []
+    for record in records:
+        tags = tags_of(config, record["task"], record["scorer"], record["ratio"])
+        if record["scorer"] == "gate" and record.get("gates_sha256") != digest:
+            continue
+        if any(record.get(name, LEGACY_TAGS[name]) != value for name, value in tags.items()):
+            continue
+        kept.append({**record, **tags})  # records from before a tag existed say how they were made
     if len(kept) < len(records):
-        print(f"{path}: {len(records) - len(kept)} record(s) of other gates or another token ranking are scored again",
+        print(f"{path}: {len(records) - len(kept)} record(s) of other gates or evicted another way are scored again",
               flush=True)
-    for record in kept:  # records from before `token_rank` existed say how they were ranked
-        if _token_rank(record, config.level) is not None:
-            record["token_rank"] = _token_rank(record, config.level)
     return {record_key(r): r for r in kept}, dict(previous["header"]["timings"])
-
-
-def _token_rank(record: dict, level: str) -> str | None:
-    """How a record of a run at `level` was ranked at level "token" (records from before
-    `token_rank` existed: by quantiles)."""
-    if level != "token" or record["scorer"] == "full" or record["ratio"] >= 1.0:
-        return None
-    return record.get("token_rank", "quantile")
 
 
 def check_reference(previous: dict[tuple, dict], task: str, full_metrics: dict, path: str) -> None:

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gatekv_jax.engine import plan
 from gatekv_jax.engine.decode import generate
 from gatekv_jax.engine.oracle import TeacherMemo
 from gatekv_jax.engine.prefill import prefill
@@ -72,10 +73,16 @@ def decoding_policy(policy: EvictionPolicy, context_length: int, decode_length: 
     return dataclasses.replace(policy, decode_budget=budget)
 
 
-def token_rank_of(config, scorer: str, ratio: float) -> str | None:
-    """The token ranking a record of `scorer` at `ratio` is made with (None: not ranked at level "token")."""
+def eviction_tags(config, task: str, scorer: str, ratio: float) -> dict[str, str]:
+    """How a record's evictions are made beyond what its config says: `token_rank` (level "token")
+    and `decode_level` (task "decode": the level of the evictions while decoding)."""
     policy = policy_for(config, scorer, ratio)
-    return policy.token_ranking if policy.evicts and config.level == "token" else None
+    tags = {}
+    if policy.evicts and config.level == "token":
+        tags["token_rank"] = policy.token_ranking
+    if policy.evicts and task == "decode":
+        tags["decode_level"] = plan.decode_allocation(policy).level
+    return tags
 
 
 def check_config(config) -> tuple[list[str], list[str], list[float]]:
@@ -193,7 +200,7 @@ def evaluate(config) -> dict:
     prefix = RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix if config.chat_prefix else ()
     path = os.path.join(config.output, "results.json")
     # timings carry over: seconds spent in every run so far
-    previous, timings = previous_records(config, path, digest, token_rank_of)
+    previous, timings = previous_records(config, path, digest, eviction_tags)
     earlier_seconds = timings.pop("total_seconds", 0.0)
     records = []
 
@@ -236,8 +243,7 @@ def evaluate(config) -> dict:
                     _score_task(task, model, tokenizer, samples, policy, gates, reference, prefix, teacher_memo)
                 record = {"task": task, "scorer": scorer, "ratio": ratio, "level": config.level,
                           "n_samples": len(samples), **metrics}
-                if policy.evicts and config.level == "token":
-                    record["token_rank"] = policy.token_ranking
+                record.update(eviction_tags(config, task, scorer, ratio))
                 if scorer == "gate":
                     record["gates_sha256"] = digest
                 if task in ("continuation", "decode", "recall"):

@@ -41,7 +41,8 @@ class EvictionPolicy:
         token's best rank over them (`token_rank`); "head" keeps the same count in every head, each
         its own top-k; "global" (the paper's) ranks all gated heads of a row against one threshold
         (per-head counts vary, each capped by `global_head_cap` x budget). Decoding-time eviction
-        is per head at every level. "token" is the default because it is the best level we have
+        is at level "token" when prefill's is, per head otherwise. "token" is the default because
+        it is the best level we have
         measured: Gemma 3 270M, packaged gates, held-out code, 2K tokens, 30% kept: recall NLL
         0.458 at "token", 1.328 at "global", 1.504 at "head" (full 0.336; one eviction after the
         whole context, docs/results/recall_ablation); in the engine "token" closes 78% of the

@@ -209,7 +209,8 @@ def test_decode_continuation_evicts_as_generate_does_on_the_same_tokens(tiny_gem
         context, _ = inference_append(model, context, policy, gates, decoding.decode_room(policy, steps))
         args = (model.params, gates, context.cache, context.last_logits, context.seen)
         evicting = (np.full(2, 24, np.int32), np.full(2, policy.sink, np.int32), np.full(2, 8, np.int32))
-        static = dict(config=model.config, dtype=jnp.float32, spec=plan.scorer_spec(policy), evict_gated=True)
+        static = dict(config=model.config, dtype=jnp.float32, spec=plan.scorer_spec(policy),
+                      allocation=plan.decode_allocation(policy), evict_gated=True)
         if run_forced:
             padded = np.zeros((2, decoding.decode_bucket(steps)), np.int32)
             padded[:, :steps] = forced
@@ -246,3 +247,30 @@ def inference_append(model, context, policy, gates, room):
     return append(model, context, np.zeros((context.seen.shape[0], 0), np.int32),
                   np.zeros(context.seen.shape[0], np.int32), policy, gates, room=room,
                   min_filled=policy.decode_budget or 0)
+
+
+@pytest.mark.parametrize("level", ["token", "head"])
+def test_decoding_evicts_at_the_policy_level(tiny_gemma3_dir, level):
+    """Eviction while decoding spreads the budget as prefill did: at level "token" every gated layer
+    and KV head keeps the same positions after each decode eviction (40 steps, budget 24, blocks of
+    8); at level "head" the random scores of each head pick different ones."""
+    from gatekv_jax.engine import decode as decoding
+
+    model = gk.load_model(tiny_gemma3_dir)
+    policy = EvictionPolicy(scorer="random", ratio=0.5, chunk_size=8, window=4, decode_budget=24, decode_block=8,
+                            decode_recent=8, level=level)
+    steps = 40
+    context = inference.prefill(model, tokens_of(1, 37, seed=3), policy)
+    context, _ = inference_append(model, context, policy, None, decoding.decode_room(policy, steps))
+    padded = np.zeros((1, decoding.decode_bucket(steps)), np.int32)
+    padded[:, :steps] = tokens_of(1, steps, seed=4)
+    _, _, cache = model.run(decoding.forced_decode_loop, model.params, None, context.cache, context.last_logits,
+                            context.seen, padded, np.full(1, steps, np.int32), np.full(1, 24, np.int32),
+                            np.full(1, policy.sink, np.int32), np.full(1, 8, np.int32), config=model.config,
+                            dtype=jnp.float32, spec=plan.scorer_spec(policy),
+                            allocation=plan.decode_allocation(policy), evict_gated=True)
+    kept = [np.sort(np.asarray(cache.layers[i].positions)[0], axis=-1) for i in model.config.full_attention_layers]
+    layouts = {tuple(head) for layer in kept for head in layer}
+    assert all(len(head[head >= 0]) <= 24 + 8 for head in np.concatenate(kept))
+    assert max(int(head.max()) for head in np.concatenate(kept)) == 37 + steps - 1  # the newest token is kept
+    assert (len(layouts) == 1) == (level == "token")

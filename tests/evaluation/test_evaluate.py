@@ -117,6 +117,28 @@ def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monk
         evaluate(config)
 
 
+def test_decode_records_from_before_token_level_decoding_are_scored_again(tmp_path):
+    """Decode records without `decode_level` were evicted per head while decoding: resuming at level
+    "token" drops them (and gate records ranked by quantiles), keeps the full cache's and tagged ones."""
+    from gatekv_jax.evaluation.resume import previous_records
+    from gatekv_jax.evaluation.runner import eviction_tags
+
+    config = load_config(tasks="decode", scorers="full,gate,streaming,snapkv", ratios="0.3", output=str(tmp_path))
+    records = [{"task": "decode", "scorer": "full", "ratio": 0.3},
+               {"task": "decode", "scorer": "streaming", "ratio": 0.3},  # before both tags: quantile, per head
+               {"task": "decode", "scorer": "snapkv", "ratio": 0.3, "decode_level": "token"},
+               {"task": "decode", "scorer": "gate", "ratio": 0.3, "gates_sha256": "g", "decode_level": "token"}]
+    header = {"config": config.to_dict(), "timings": {}}
+    (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
+    kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
+    assert sorted(scorer for _, scorer, _ in kept) == ["full", "snapkv"]
+    assert kept["decode", "snapkv", 0.3] == {**records[2], "token_rank": "quantile"}
+    assert eviction_tags(config, "decode", "gate", 0.3) == {"token_rank": "score", "decode_level": "token"}
+    config.level = "head"
+    assert eviction_tags(config, "decode", "gate", 0.3) == {"decode_level": "head"}
+    assert eviction_tags(config, "recall", "full", 1.0) == {}
+
+
 def test_token_f1():
     assert token_f1("a b c", "a b c") == 1.0
     assert token_f1("a b", "a c") == pytest.approx(0.5)
