@@ -42,11 +42,11 @@ class EvictionPolicy:
         its own top-k; "global" (the paper's) ranks all gated heads of a row against one threshold
         (per-head counts vary, each capped by `global_head_cap` x budget). Decoding-time eviction
         is at level "token" when prefill's is, per head otherwise. "token" is the default because
-        it is the best level we have
-        measured: Gemma 3 270M, packaged gates, held-out code, 2K tokens, 30% kept: recall NLL
-        0.458 at "token", 1.328 at "global", 1.504 at "head" (full 0.336; one eviction after the
-        whole context, docs/results/recall_ablation); in the engine "token" closes 78% of the
-        streaming-to-full recall gap and finds 6 of 6 needles, "global" 0.5% and 2 of 6.
+        it is the best level we have measured: Gemma 3 270M, packaged gates, held-out code, 2K
+        tokens, 30% kept: recall NLL 0.458 at "token", 1.328 at "global", 1.504 at "head" (full
+        0.336; one eviction after the whole context, docs/results/recall_ablation); in the engine
+        "token" closes 78% of the streaming-to-full recall gap and finds 6 of 6 needles, "global"
+        0.5% and 2 of 6.
     token_pool: at level "token", each token also takes the best rank of the `token_pool` (odd)
         neighbouring slots around it, so a kept phrase keeps its glue tokens (the space before a
         number); 1 = no pooling.
