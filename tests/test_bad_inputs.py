@@ -44,6 +44,7 @@ def test_generate_cli_refuses_before_loading(no_model_loading, argv, message):
     (dict(n_samples=0), "n_samples must be a positive int, got 0"),
     (dict(needle_depths="1.5"), r"needle_depths must be in \[0, 1\]"),
     (dict(level="layer"), "unknown level 'layer'"),
+    (dict(token_rank="best"), "unknown token_rank 'best'"),
     (dict(gates="/no/such/gates.safetensors"), "gates file '/no/such/gates.safetensors' does not exist"),
     (dict(model="tiny-random-qwen3"), "no packaged gates for 'tiny-random-qwen3'"),
 ])

@@ -19,9 +19,11 @@ TABLES = (
     ("recall", "nll", "recall: NLL of the recalled facts (full {full})", "{:.3f}"),
     ("recall", "gap_closed", "recall: share of the streaming-to-full NLL gap closed", "{:.0%}"),
     ("needle", "accuracy", "needle: pass-key accuracy (full {full})", "{:.2f}"),
+    ("needle", "delta_key_nll", "needle: NLL increase of the pass key's tokens over full, teacher-forced after "
+     "the question (full NLL {full})", "{:+.3f}"),
     ("qa", "f1", "qa: token F1 against full's answer", "{:.2f}"),
 )
-FULL_VALUE = {"delta_nll": "nll", "nll": "nll", "accuracy": "accuracy"}
+FULL_VALUE = {"delta_nll": "nll", "nll": "nll", "accuracy": "accuracy", "delta_key_nll": "key_nll"}
 DOMAINS = {"stdlib": "code", "prose": "prose"}  # evaluation data sources as tables name them
 # A continuation with at least this share of its 8-grams already in the context copies it: a recall
 # task on an arbitrary span, which no query-agnostic scorer can be asked to keep.

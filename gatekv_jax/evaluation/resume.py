@@ -4,7 +4,8 @@
 folder can be moved and resumed); gate records of other gates (their `gates_sha256`) and records
 evicted another way than the scorer's policy evicts now (their eviction tags: `token_rank` at level
 "token", `decode_level` in the decode task; records from before a tag existed are read with its
-`LEGACY_TAGS` value) are dropped to be scored again; and a task's records are refused as stale
+`LEGACY_TAGS` value) and records that lack a metric their task measures today (`TASK_METRICS`)
+are dropped to be scored again; and a task's records are refused as stale
 when the full cache's reference, recomputed, no longer matches the file's (other samples or
 numerics)."""
 
@@ -16,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gatekv_jax.evaluation.tasks import TASK_METRICS
 from gatekv_jax.utils.files import read_json
 
 LOCATION_FIELDS = ("output",)  # config fields that say where results go, not what they are
@@ -32,8 +34,8 @@ def previous_records(config, path: str, digest: str | None, tags_of: Callable[[A
     """Records and timings already in `path` from a run of the same config (an interrupted or
     finished run resumes where it stopped); a file written by a different config is refused.
     Gate records of other gates (`gates_sha256` is not `digest`, e.g. after the packaged gates
-    changed) and records whose eviction tags are not `tags_of(config, task, scorer, ratio)` today
-    are left out, so they are scored again."""
+    changed), records whose eviction tags are not `tags_of(config, task, scorer, ratio)` today and
+    records missing one of their task's `TASK_METRICS` are left out, so they are scored again."""
     if not os.path.isfile(path):
         return {}, {}
     previous = read_json(path)
@@ -49,10 +51,12 @@ def previous_records(config, path: str, digest: str | None, tags_of: Callable[[A
             continue
         if any(record.get(name, LEGACY_TAGS[name]) != value for name, value in tags.items()):
             continue
+        if not set(TASK_METRICS[record["task"]]) <= set(record.get("per_sample", {})):
+            continue
         kept.append({**record, **tags})  # records from before a tag existed say how they were made
     if len(kept) < len(records):
-        print(f"{path}: {len(records) - len(kept)} record(s) of other gates or evicted another way are scored again",
-              flush=True)
+        print(f"{path}: {len(records) - len(kept)} record(s) of other gates, evicted another way or missing a "
+              "metric are scored again", flush=True)
     return {record_key(r): r for r in kept}, dict(previous["header"]["timings"])
 
 

@@ -7,7 +7,8 @@ Tasks, each on held-out documents (the training split's complement, split by doc
 - recall: random "code" facts spread through the context are listed again after it; NLL of the
   fact tokens of that recap;
 - needle: a pass key hidden at several depths of filler text, asked for after the (query-agnostic)
-  compression; greedy answer, exact match;
+  compression; greedy answer, exact match; and the key's NLL teacher-forced after the question
+  (paired with full's as `delta_key_nll`);
 - qa: a question about a random line of the context, answered greedily after compression,
   scored against `full`'s answer (exact match, token F1).
 Each context follows the model's chat-template start (BOS and user turn, as in gate training),
@@ -61,7 +62,7 @@ def policy_for(config, scorer: str, ratio: float) -> EvictionPolicy:
     full = scorer == "full" or ratio >= 1.0
     return EvictionPolicy(scorer="full" if full else scorer, ratio=None if full else ratio, level=config.level,
                           token_pool=config.token_pool, chunk_size=config.chunk_size, window=config.window,
-                          sink=config.sink, seed=config.seed)
+                          sink=config.sink, seed=config.seed, token_rank=config.get("token_rank"))
 
 
 def decoding_policy(policy: EvictionPolicy, context_length: int, decode_length: int) -> EvictionPolicy:
@@ -118,6 +119,15 @@ def check_config(config) -> tuple[list[str], list[str], list[float]]:
     return scorers, tasks, ratios
 
 
+def _scored_nll(model: Model, sample: Sample, policy: EvictionPolicy, gates, context) -> tuple[jax.Array, float]:
+    """The log-probabilities [M, V] along the sample's teacher-forced continuation after `context`,
+    and the mean NLL of its `scored` tokens."""
+    log_probs = continuation_log_probs(model, None, [sample.continuation.tolist()], policy, gates=gates,
+                                       context=context)[0]
+    nll = -jnp.take_along_axis(log_probs, jnp.asarray(sample.continuation)[:, None], axis=1)[:, 0]  # [M]
+    return log_probs, float(np.asarray(nll)[np.asarray(sample.scored)].mean())
+
+
 def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], policy: EvictionPolicy, gates,
                 reference: dict, prefix: tuple[int, ...], teacher_memo: TeacherMemo) -> dict:
     """Mean metrics of one (task, policy), and their values per sample under `per_sample`.
@@ -144,12 +154,8 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
                 reference[index] = predicted
             metrics.setdefault("top1_agreement", []).append(float((predicted == reference[index]).mean()))
         elif task in ("continuation", "recall"):
-            log_probs = continuation_log_probs(model, None, [sample.continuation.tolist()], policy, gates=gates,
-                                               context=context)[0]
-            targets = jnp.asarray(sample.continuation)
-            nll = -jnp.take_along_axis(log_probs, targets[:, None], axis=1)[:, 0]
-            scored = np.asarray(sample.scored)
-            metrics.setdefault("nll", []).append(float(np.asarray(nll)[scored].mean()))
+            log_probs, nll = _scored_nll(model, sample, policy, gates, context)
+            metrics.setdefault("nll", []).append(nll)
             if task == "continuation":
                 if policy.scorer == "full":
                     reference[index] = log_probs
@@ -165,6 +171,7 @@ def _score_task(task: str, model: Model, tokenizer, samples: list[Sample], polic
             if task == "needle":
                 found = re.search(r"\d+", text)
                 metrics.setdefault("accuracy", []).append(float(found is not None and found.group() == sample.answer))
+                metrics.setdefault("key_nll", []).append(_scored_nll(model, sample, policy, gates, context)[1])
             else:
                 answer = text.split('"')[0].strip()
                 if policy.scorer == "full":
@@ -246,11 +253,12 @@ def evaluate(config) -> dict:
                 record.update(eviction_tags(config, task, scorer, ratio))
                 if scorer == "gate":
                     record["gates_sha256"] = digest
-                if task in ("continuation", "decode", "recall"):
-                    record["nll_full"] = full_metrics["nll"]
-                    record["delta_nll"] = metrics["nll"] - full_metrics["nll"]
-                    record["per_sample"] = {**metrics["per_sample"], "delta_nll": [
-                        a - b for a, b in zip(metrics["per_sample"]["nll"], full_metrics["per_sample"]["nll"])]}
+                nll_name = "key_nll" if task == "needle" else "nll"
+                if task in ("continuation", "decode", "recall", "needle"):  # paired with full, sample by sample
+                    record[f"{nll_name}_full"] = full_metrics[nll_name]
+                    record[f"delta_{nll_name}"] = metrics[nll_name] - full_metrics[nll_name]
+                    record["per_sample"] = {**metrics["per_sample"], f"delta_{nll_name}": [
+                        a - b for a, b in zip(metrics["per_sample"][nll_name], full_metrics["per_sample"][nll_name])]}
                     record["standard_error"] = standard_errors(record["per_sample"])
                 records.append(record)
                 print(_row(record), flush=True)

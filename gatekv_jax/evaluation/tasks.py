@@ -15,6 +15,10 @@ from gatekv_jax.training import data
 
 TASKS = ("continuation", "decode", "recall", "needle", "qa")
 TASK_METRIC = {"continuation": "delta_nll", "decode": "delta_nll", "recall": "nll", "needle": "accuracy", "qa": "f1"}
+# What a task's records measure per sample (records lacking one come from older code and are scored again)
+TASK_METRICS = {"continuation": ("nll", "kl", "top1_agreement", "copied_8grams"),
+                "decode": ("nll", "top1_agreement", "copied_8grams"), "recall": ("nll",),
+                "needle": ("accuracy", "key_nll"), "qa": ("exact_match", "f1")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +86,9 @@ def recall_samples(config, tokenizer) -> list[Sample]:
 
 
 def needle_samples(config, tokenizer) -> list[Sample]:
-    """A pass key at each configured depth of held-out filler text."""
+    """A pass key at each configured depth of held-out filler text: asked for (`question`, greedy
+    answer against `answer`) and teacher-forced after the question (`continuation`, the key's
+    tokens `scored`)."""
     rng = np.random.default_rng([config.seed, 2])
     out = []
     fillers = _heldout_contexts(config, tokenizer, config.context_length)
@@ -95,8 +101,10 @@ def needle_samples(config, tokenizer) -> list[Sample]:
             at = int(depth * len(body))
             context = body[:at] + needle + body[at:]
             question = _ids(tokenizer, "\n\nWhat is the pass key? The pass key is")
+            key_ids = _ids(tokenizer, f" {key}")
             out.append(Sample(context=np.asarray(context, np.int32), question=np.asarray(question, np.int32),
-                              answer=key))
+                              answer=key, continuation=np.asarray(question + key_ids, np.int32),
+                              scored=np.asarray([False] * len(question) + [True] * len(key_ids))))
     return out
 
 

@@ -55,7 +55,10 @@ def test_every_task_and_scorer_end_to_end(tmp_path):
         if record["task"] in ("continuation", "decode"):
             assert 0.0 <= record["copied_8grams"] <= 1.0
         if record["task"] == "needle":
-            assert 0.0 <= record["accuracy"] <= 1.0
+            assert 0.0 <= record["accuracy"] <= 1.0 and 0.0 < record["key_nll"] < 50.0
+            assert record["delta_key_nll"] == pytest.approx(record["key_nll"] - record["key_nll_full"])
+            if record["scorer"] == "full" or record["ratio"] == 1.0:
+                assert record["delta_key_nll"] == 0.0
         for metric, values in record["per_sample"].items():  # the mean of each metric over the samples
             assert len(values) == record["n_samples"] and np.mean(values) == pytest.approx(record[metric])
         assert record["standard_error"] == {}  # one sample: no spread to report
@@ -124,10 +127,12 @@ def test_decode_records_from_before_token_level_decoding_are_scored_again(tmp_pa
     from gatekv_jax.evaluation.runner import eviction_tags
 
     config = load_config(tasks="decode", scorers="full,gate,streaming,snapkv", ratios="0.3", output=str(tmp_path))
-    records = [{"task": "decode", "scorer": "full", "ratio": 0.3},
-               {"task": "decode", "scorer": "streaming", "ratio": 0.3},  # before both tags: quantile, per head
-               {"task": "decode", "scorer": "snapkv", "ratio": 0.3, "decode_level": "token"},
-               {"task": "decode", "scorer": "gate", "ratio": 0.3, "gates_sha256": "g", "decode_level": "token"}]
+    measured = {"per_sample": {"nll": [2.0], "top1_agreement": [1.0], "copied_8grams": [0.0]}}
+    records = [{"task": "decode", "scorer": "full", "ratio": 0.3, **measured},
+               {"task": "decode", "scorer": "streaming", "ratio": 0.3, **measured},  # before both tags
+               {"task": "decode", "scorer": "snapkv", "ratio": 0.3, "decode_level": "token", **measured},
+               {"task": "decode", "scorer": "gate", "ratio": 0.3, "gates_sha256": "g", "decode_level": "token",
+                **measured}]
     header = {"config": config.to_dict(), "timings": {}}
     (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
     kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
@@ -137,6 +142,45 @@ def test_decode_records_from_before_token_level_decoding_are_scored_again(tmp_pa
     config.level = "head"
     assert eviction_tags(config, "decode", "gate", 0.3) == {"decode_level": "head"}
     assert eviction_tags(config, "recall", "full", 1.0) == {}
+
+
+def test_records_missing_a_metric_of_their_task_are_scored_again(tmp_path):
+    """Needle records from before `key_nll` lack it: resuming scores them again; a token_rank set in
+    the config ranks every scorer that way, and records ranked otherwise are scored again too."""
+    from gatekv_jax.evaluation.resume import previous_records
+    from gatekv_jax.evaluation.runner import eviction_tags
+
+    config = load_config(tasks="needle", scorers="full,gate,snapkv", ratios="0.3", output=str(tmp_path))
+    measured = {"per_sample": {"accuracy": [1.0], "key_nll": [0.5], "delta_key_nll": [0.0]}}
+    records = [{"task": "needle", "scorer": "full", "ratio": 0.3, "per_sample": {"accuracy": [1.0]}},
+               {"task": "needle", "scorer": "snapkv", "ratio": 0.3, **measured},
+               {"task": "needle", "scorer": "gate", "ratio": 0.3, "gates_sha256": "g", "token_rank": "score",
+                **measured}]
+    header = {"config": config.to_dict(), "timings": {}}
+    (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
+    kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
+    assert sorted(scorer for _, scorer, _ in kept) == ["gate", "snapkv"]
+    config.token_rank = "quantile"
+    header["config"] = config.to_dict()
+    (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
+    kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
+    assert sorted(scorer for _, scorer, _ in kept) == ["snapkv"]
+    assert eviction_tags(config, "needle", "gate", 0.3) == {"token_rank": "quantile"}
+
+
+def test_needle_samples_teacher_force_the_key_after_the_question(tmp_path):
+    from gatekv_jax.evaluation import needle_samples
+
+    config = eval_config(tmp_path)
+    config.needle_depths = "0.1,0.9"
+    tokenizer = gk.load_tokenizer(TINY_MODEL)
+    samples = needle_samples(config, tokenizer)
+    assert len(samples) == 2 and samples[0].answer != samples[1].answer
+    for sample in samples:
+        question = sample.continuation[:len(sample.question)]
+        assert np.array_equal(question, sample.question) and not sample.scored[:len(question)].any()
+        assert tokenizer.decode(sample.continuation[sample.scored]) == f" {sample.answer}"
+        assert f"The pass key is {sample.answer}." in tokenizer.decode(sample.context)
 
 
 def test_token_f1():
@@ -198,6 +242,18 @@ def test_tables_show_standard_errors_and_keep_domains_apart():
                                                   "data": {"source": "prose"}}}, "records": prose})
     assert "(2000 tokens, code, token (pool 3) level, 3 samples)" in text and "| gate | 1.000 ± 0.577 |" in text
     assert "(2000 tokens, prose, token (pool 3) level, 3 samples)" in text and "| gate | 0.750 |" in text
+
+
+def test_needle_tables_show_the_key_nll_increase_paired_with_full():
+    def record(scorer, accuracy, key_nll, deltas):
+        return {"task": "needle", "scorer": scorer, "ratio": 0.3, "level": "token", "n_samples": 2,
+                "accuracy": accuracy, "key_nll": key_nll, "delta_key_nll": sum(deltas) / 2, "kv_fraction": 0.3,
+                "per_sample": {"delta_key_nll": deltas}, "standard_error": standard_errors({"delta_key_nll": deltas})}
+
+    records = [record("full", 0.5, 1.25, [0.0, 0.0]), record("gate", 0.5, 1.5, [0.0, 0.5])]
+    text = markdown_tables({"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": records})
+    assert "**needle: pass-key accuracy (full 0.500)**" in text and "| gate | 0.50 |" in text
+    assert "teacher-forced after the question (full NLL 1.250)**" in text and "| gate | +0.250 ± 0.250 |" in text
 
 
 def test_a_run_without_streaming_takes_its_gap_from_another_run_on_the_same_samples():
