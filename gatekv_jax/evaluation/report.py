@@ -10,6 +10,8 @@ This is how the tables in docs/ are made.
 
 from __future__ import annotations
 
+from gatekv_jax.kv.policy import default_token_rank
+
 # (task, metric, title, format); titles may use {full}, the full cache's value
 TABLES = (
     ("continuation", "delta_nll", "continuation: NLL increase over full (full NLL {full})", "{:+.3f}"),
@@ -38,6 +40,14 @@ def _level_name(level: str, config: dict) -> str:
 def _domain(config: dict) -> str:
     source = config.get("data", {}).get("source", "stdlib")
     return DOMAINS.get(source, source)
+
+
+def _scorer_name(record: dict) -> str:
+    """The scorer as tables name it: with its token ranking where the record was ranked otherwise
+    than the scorer's default (e.g. "gate (quantile rank)")."""
+    rank = record.get("token_rank")
+    return record["scorer"] if rank in (None, default_token_rank(record["scorer"])) else \
+        f"{record['scorer']} ({rank} rank)"
 
 
 def _cell(record: dict, metric: str, fmt: str) -> str:
@@ -99,7 +109,7 @@ def context_tables(group: list[dict], title: str) -> list[str]:
                    + (f"{sum(fulls[i] for i in free) / len(free):.3f}" if free else "-") + " |")
         for record in same:
             deltas = record["per_sample"]["delta_nll"]
-            out.append(f"| {record['scorer']} | " + " | ".join(f"{d:+.3f}" for d in deltas)
+            out.append(f"| {_scorer_name(record)} | " + " | ".join(f"{d:+.3f}" for d in deltas)
                        + f" | {_mean_with_share(deltas, fulls)} | "
                        + _mean_with_share([deltas[i] for i in free], [fulls[i] for i in free]) + " |")
         out.append("")
@@ -121,7 +131,7 @@ def markdown_tables(*results: dict) -> str:
             if not rows:
                 continue
             ratios = sorted({r["ratio"] for r in rows if r["ratio"] < 1.0})
-            scorers = list(dict.fromkeys(r["scorer"] for r in rows))
+            scorers = list(dict.fromkeys(map(_scorer_name, rows)))
             full = next((r for r in group if r["task"] == task and r["scorer"] == "full"), None)
             full_value = f"{full[FULL_VALUE[metric]]:.3f}" if full and metric in FULL_VALUE else "-"
             samples = sorted({r["n_samples"] for r in rows})
@@ -130,7 +140,7 @@ def markdown_tables(*results: dict) -> str:
             out.append("| scorer | " + " | ".join(f"{q:g}" for q in ratios) + " |")
             out.append("| --- |" + " --- |" * len(ratios))
             for scorer in scorers:
-                values = {r["ratio"]: _cell(r, metric, fmt) for r in rows if r["scorer"] == scorer}
+                values = {r["ratio"]: _cell(r, metric, fmt) for r in rows if _scorer_name(r) == scorer}
                 cells = [values.get(q, "-") for q in ratios]
                 out.append(f"| {scorer} | " + " | ".join(cells) + " |")
             out.append("")

@@ -8,6 +8,12 @@ import math
 SCORERS = ("full", "gate", "kvzip", "streaming", "snapkv", "h2o", "random", "keydiff", "knorm", "expected_attention")
 LEVELS = ("head", "global", "token")
 TOKEN_RANKS = ("score", "quantile")
+
+
+def default_token_rank(scorer: str) -> str:
+    """How level "token" ranks a scorer's tokens unless told: the gate by score (its probabilities
+    share one scale in every layer), the others by quantile."""
+    return "score" if scorer == "gate" else "quantile"
 MAX_SLOTS = 2**31 - 1  # positions and slot counts are int32
 
 
@@ -123,9 +129,7 @@ class EvictionPolicy:
     @property
     def token_ranking(self) -> str:
         """The `token_rank` in force: the field, or the scorer's default when it is None."""
-        if self.token_rank is not None:
-            return self.token_rank
-        return "score" if self.scorer == "gate" else "quantile"
+        return default_token_rank(self.scorer) if self.token_rank is None else self.token_rank
 
     def keep_count(self, seen: int) -> int:
         """Slots each head keeps after prefilling `seen` context tokens."""

@@ -244,16 +244,19 @@ def test_tables_show_standard_errors_and_keep_domains_apart():
     assert "(2000 tokens, prose, token (pool 3) level, 3 samples)" in text and "| gate | 0.750 |" in text
 
 
-def test_needle_tables_show_the_key_nll_increase_paired_with_full():
+def test_needle_tables_show_the_key_nll_increase_paired_with_full_and_name_other_rankings():
     def record(scorer, accuracy, key_nll, deltas):
         return {"task": "needle", "scorer": scorer, "ratio": 0.3, "level": "token", "n_samples": 2,
                 "accuracy": accuracy, "key_nll": key_nll, "delta_key_nll": sum(deltas) / 2, "kv_fraction": 0.3,
                 "per_sample": {"delta_key_nll": deltas}, "standard_error": standard_errors({"delta_key_nll": deltas})}
 
-    records = [record("full", 0.5, 1.25, [0.0, 0.0]), record("gate", 0.5, 1.5, [0.0, 0.5])]
-    text = markdown_tables({"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": records})
+    records = [record("full", 0.5, 1.25, [0.0, 0.0]), {**record("gate", 0.5, 1.5, [0.0, 0.5]), "token_rank": "score"}]
+    by_quantile = [{**record("gate", 1.0, 1.0, [-0.5, 0.0]), "token_rank": "quantile"}]  # not the gate's default
+    text = markdown_tables({"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": records},
+                           {"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": by_quantile})
     assert "**needle: pass-key accuracy (full 0.500)**" in text and "| gate | 0.50 |" in text
     assert "teacher-forced after the question (full NLL 1.250)**" in text and "| gate | +0.250 ± 0.250 |" in text
+    assert "| gate (quantile rank) | 1.00 |" in text and "| gate (quantile rank) | -0.250 ± 0.250 |" in text
 
 
 def test_a_run_without_streaming_takes_its_gap_from_another_run_on_the_same_samples():
