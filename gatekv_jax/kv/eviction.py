@@ -9,7 +9,8 @@ How the `keep` budget is spread (the policy's `level`):
 - "token": every gated layer and head keeps the same `keep` tokens, ranked by each token's best
   rank over the gated (layer, head)s, so a token that matters anywhere is kept everywhere; the rank
   is the score itself (`token_rank="score"`, for scores on one scale in every layer: the gate's
-  probabilities) or its quantile within the head (`"quantile"`, for scores on per-layer scales);
+  probabilities), its quantile within the head (`"quantile"`, for scores on per-layer scales) or
+  the better of the two, each as a quantile over the row's tokens (`"either"`);
   with `token_pool` > 1 a token also takes the best rank of its neighbouring slots, so the glue of
   a kept phrase (the space before a number, the word before a name) stays with it.
 """
@@ -96,14 +97,22 @@ def _rank_quantiles(priority: jax.Array) -> jax.Array:
 
 def _token_priority(priority_by_layer: list[jax.Array], pool: int = 1, rank: str = "quantile") -> jax.Array:
     """One priority [B, 1, S] for every gated layer and head: each slot's best score (`rank`
-    "score") or best rank quantile within its head ("quantile"), max-pooled over `pool`
+    "score"), best rank quantile within its head ("quantile") or the larger of the two's rank
+    quantiles among the row's slots ("either"), max-pooled over `pool`
     neighbouring slots (scored slots only: protected slots stay +inf and lend nothing to their
     neighbours, empty slots stay -inf).
 
     Needs gated layers whose slots hold the same positions in the same order, which holds for
     caches that were only ever evicted at this level (each eviction leaves identical layouts)."""
-    ranked = priority_by_layer if rank == "score" else [_rank_quantiles(p) for p in priority_by_layer]
-    best = jnp.concatenate(ranked, axis=1).max(axis=1, keepdims=True)  # [B, 1, S] from [B, L*K, S]
+    def best_over_heads(ranked):  # [B, 1, S] from L x [B, K, S]
+        return jnp.concatenate(ranked, axis=1).max(axis=1, keepdims=True)
+
+    by_score = best_over_heads(priority_by_layer) if rank in ("score", "either") else None
+    by_quantile = best_over_heads([_rank_quantiles(p) for p in priority_by_layer]) if rank != "score" else None
+    if rank == "either":
+        best = jnp.maximum(_rank_quantiles(by_score), _rank_quantiles(by_quantile))
+    else:
+        best = by_score if rank == "score" else by_quantile
     if pool == 1:
         return best
     scored = jnp.isfinite(best)

@@ -7,7 +7,7 @@ import math
 
 SCORERS = ("full", "gate", "kvzip", "streaming", "snapkv", "h2o", "random", "keydiff", "knorm", "expected_attention")
 LEVELS = ("head", "global", "token")
-TOKEN_RANKS = ("score", "quantile")
+TOKEN_RANKS = ("score", "quantile", "either")
 
 
 def default_token_rank(scorer: str) -> str:
@@ -57,11 +57,14 @@ class EvictionPolicy:
         neighbouring slots around it, so a kept phrase keeps its glue tokens (the space before a
         number); 1 = no pooling.
     token_rank: how level "token" compares one token's scores across gated layers: "score" (the
-        scores themselves, for scores on one scale in every layer) or "quantile" (each score's rank
-        quantile within its head); None = "score" for the gate, whose scores are probabilities of
+        scores themselves, for scores on one scale in every layer), "quantile" (each score's rank
+        quantile within its head) or "either" (the better of the two: what either ranking puts
+        near the top is kept); None = "score" for the gate, whose scores are probabilities of
         one target in every layer, and "quantile" for every other scorer. Measured on Gemma 3 270M,
-        packaged gates, 2K held-out prose, 30% kept: "score" closes 90% of the streaming-to-full
-        recall gap and finds 54 of 70 pass keys, "quantile" 77% and 49 (docs/results.md).
+        packaged gates, 30% kept: 2K held-out prose, "score" closes 90% of the streaming-to-full
+        recall gap and finds 54 of 70 pass keys, "quantile" 77% and 49; 8K, "score" retrieves
+        pass keys worse than the full cache (code: 16 of 54 found, full 18, quantile 23) and
+        "either" as well (23; 2K prose recall 87%; a screen, docs/experiments/gate_screens.md).
     decode_budget: slots per head kept while decoding (None = no eviction while decoding); when a
         block of `decode_block` new slots is full, the cache is evicted back to the budget,
         keeping the last `decode_recent` tokens and the first `sink` tokens.

@@ -65,6 +65,18 @@ def test_token_level_score_ranking_compares_scores_across_layers_literal():
     np.testing.assert_allclose(pooled, [np.inf, 0.9, 0.9, 0.8, 0.5, -np.inf])
 
 
+def test_token_level_either_ranking_keeps_the_top_of_both_rankings_literal():
+    """"either" ranks each token by the better of its best-score rank and its best-quantile rank
+    (each a quantile over the row's 4 scored slots): the weak layer's best token (slot 3, low by
+    score) and the strong layer's best (slot 1) both come first."""
+    a = jnp.array([[[np.inf, 0.9, 0.8, 0.1, 0.5, -np.inf]]])  # by score: slot ranks 3, 2, 0, 1
+    b = jnp.array([[[np.inf, 0.01, 0.02, 0.04, 0.03, -np.inf]]])  # best quantiles -> ranks 2, 0, 3, 1
+    either = _token_priority([a, b], rank="either")[0, 0]
+    np.testing.assert_allclose(either, [np.inf, 0.75, 0.5, 0.75, 0.25, -np.inf])
+    assert set(np.argsort(-np.asarray(either[1:5]), stable=True)[:2] + 1) == {1, 3}
+    assert set(np.argsort(-np.asarray(_token_priority([a, b], rank="score")[0, 0, 1:5]))[:2] + 1) == {1, 2}
+
+
 def test_token_pool_lends_neighbours_their_best_quantile_literal():
     a = jnp.array([[[np.inf, 0.1, 0.2, 0.9, 0.3, 0.4, 0.0, -np.inf]]])  # quantiles 1, 2, 5, 3, 4, 0 (/6)
     np.testing.assert_allclose(_token_priority([a])[0, 0], [np.inf, 1 / 6, 2 / 6, 5 / 6, 3 / 6, 4 / 6, 0, -np.inf])
