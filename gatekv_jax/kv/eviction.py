@@ -107,12 +107,12 @@ def _token_priority(priority_by_layer: list[jax.Array], pool: int = 1, rank: str
     def best_over_heads(ranked):  # [B, 1, S] from L x [B, K, S]
         return jnp.concatenate(ranked, axis=1).max(axis=1, keepdims=True)
 
-    by_score = best_over_heads(priority_by_layer) if rank in ("score", "either") else None
-    by_quantile = best_over_heads([_rank_quantiles(p) for p in priority_by_layer]) if rank != "score" else None
-    if rank == "either":
-        best = jnp.maximum(_rank_quantiles(by_score), _rank_quantiles(by_quantile))
+    if rank == "score":
+        best = best_over_heads(priority_by_layer)
     else:
-        best = by_score if rank == "score" else by_quantile
+        best = best_over_heads([_rank_quantiles(p) for p in priority_by_layer])
+        if rank == "either":
+            best = jnp.maximum(_rank_quantiles(best_over_heads(priority_by_layer)), _rank_quantiles(best))
     if pool == 1:
         return best
     scored = jnp.isfinite(best)
