@@ -97,8 +97,8 @@ def _rank_quantiles(priority: jax.Array) -> jax.Array:
 
 def _token_priority(priority_by_layer: list[jax.Array], pool: int = 1, rank: str = "quantile") -> jax.Array:
     """One priority [B, 1, S] for every gated layer and head: each slot's best score (`rank`
-    "score"), best rank quantile within its head ("quantile") or the larger of the two's rank
-    quantiles among the row's slots ("either"), max-pooled over `pool`
+    "score"), best rank quantile within its head ("quantile") or the larger of those two values'
+    rank quantiles among the row's slots ("either"), max-pooled over `pool`
     neighbouring slots (scored slots only: protected slots stay +inf and lend nothing to their
     neighbours, empty slots stay -inf).
 

@@ -8,13 +8,13 @@ import math
 SCORERS = ("full", "gate", "kvzip", "streaming", "snapkv", "h2o", "random", "keydiff", "knorm", "expected_attention")
 LEVELS = ("head", "global", "token")
 TOKEN_RANKS = ("score", "quantile", "either")
+MAX_SLOTS = 2**31 - 1  # positions and slot counts are int32
 
 
 def default_token_rank(scorer: str) -> str:
     """How level "token" ranks a scorer's tokens unless told: the gate by score (its probabilities
     share one scale in every layer), the others by quantile."""
     return "score" if scorer == "gate" else "quantile"
-MAX_SLOTS = 2**31 - 1  # positions and slot counts are int32
 
 
 def _is_int(value) -> bool:
@@ -62,9 +62,9 @@ class EvictionPolicy:
         near the top is kept); None = "score" for the gate, whose scores are probabilities of
         one target in every layer, and "quantile" for every other scorer. Measured on Gemma 3 270M,
         packaged gates, 30% kept: 2K held-out prose, "score" closes 90% of the streaming-to-full
-        recall gap and finds 54 of 70 pass keys, "quantile" 77% and 49; 8K, "score" retrieves
-        pass keys worse than the full cache (code: 16 of 54 found, full 18, quantile 23) and
-        "either" as well (23; 2K prose recall 87%; a screen, docs/experiments/gate_screens.md).
+        recall gap and finds 54 of 70 pass keys, "quantile" 77% and 49, "either" 87%; at 8K
+        "score" retrieves pass keys worse than the full cache (code: 16 of 54 found, full 18),
+        "quantile" and "either" as well as it (23 each; docs/results.md).
     decode_budget: slots per head kept while decoding (None = no eviction while decoding); when a
         block of `decode_block` new slots is full, the cache is evicted back to the budget,
         keeping the last `decode_recent` tokens and the first `sink` tokens.
