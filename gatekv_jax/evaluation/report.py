@@ -132,8 +132,9 @@ def markdown_tables(*results: dict) -> str:
                 continue
             ratios = sorted({r["ratio"] for r in rows if r["ratio"] < 1.0})
             scorers = list(dict.fromkeys(map(_scorer_name, rows)))
-            full = next((r for r in group if r["task"] == task and r["scorer"] == "full"), None)
-            full_value = f"{full[FULL_VALUE[metric]]:.3f}" if full and metric in FULL_VALUE else "-"
+            full_key = FULL_VALUE.get(metric)  # files from before a metric existed have full records without it
+            full = next((r for r in group if r["task"] == task and r["scorer"] == "full" and full_key in r), None)
+            full_value = f"{full[full_key]:.3f}" if full else "-"
             samples = sorted({r["n_samples"] for r in rows})
             out.append(f"**{title.format(full=full_value)}** ({length} tokens, {domain}, {level} level, "
                        f"{'/'.join(map(str, samples))} samples)\n")

@@ -257,6 +257,13 @@ def test_needle_tables_show_the_key_nll_increase_paired_with_full_and_name_other
     assert "**needle: pass-key accuracy (full 0.500)**" in text and "| gate | 0.50 |" in text
     assert "teacher-forced after the question (full NLL 1.250)**" in text and "| gate | +0.250 ± 0.250 |" in text
     assert "| gate (quantile rank) | 1.00 |" in text and "| gate (quantile rank) | -0.250 ± 0.250 |" in text
+    before_key_nll = [{k: v for k, v in r.items() if k not in ("key_nll", "delta_key_nll")} for r in records]
+    text = markdown_tables({"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": before_key_nll},
+                           {"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": by_quantile})
+    assert "teacher-forced after the question (full NLL -)**" in text  # no full record of this file has key_nll
+    text = markdown_tables({"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": before_key_nll},
+                           {"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": records})
+    assert "teacher-forced after the question (full NLL 1.250)**" in text  # the later file's full record has it
 
 
 def test_a_run_without_streaming_takes_its_gap_from_another_run_on_the_same_samples():
