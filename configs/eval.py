@@ -11,7 +11,7 @@ def get_config():
     c.scorers = "full,gate,kvzip,snapkv,h2o,streaming,random,keydiff,knorm,expected_attention"
     c.ratios = "0.1,0.2,0.3,0.4,0.5,0.75,1.0"
     c.level = "token"  # same tokens in every gated layer; "global": the paper's one threshold; "head": per-head top-k
-    c.token_rank = config_dict.placeholder(str)  # "score"/"quantile"/"either"; None: gate score, others quantile
+    c.token_rank = config_dict.placeholder(str)  # "score"/"quantile"/"either"; None: gate either, others quantile
     c.token_pool = 3  # level "token": a token also takes the best rank of its 2 neighbours (keeps "is 4821"'s space)
     c.tasks = "continuation,recall,needle,qa"  # and "decode": decode_length tokens per sample, slow on a CPU
     c.context_length = 2000

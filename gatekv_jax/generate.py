@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token_pool", type=int, default=DEFAULTS.token_pool,
                    help="neighbouring slots pooled at --level=token (odd)")
     p.add_argument("--token_rank", choices=TOKEN_RANKS,
-                   help="how --level=token compares layers (default: score for the gate, quantile otherwise)")
+                   help="how --level=token compares layers (default: either for the gate, quantile otherwise)")
     p.add_argument("--decode_budget", type=int)
     p.add_argument("--gates", help="gates file (safetensors) for --scorer=gate (default: the packaged gates)")
     p.add_argument("--max_new_tokens", type=int, default=64)

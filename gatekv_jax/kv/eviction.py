@@ -31,7 +31,7 @@ _NO_POSITION = jnp.iinfo(jnp.int32).max
 class Allocation(NamedTuple):
     """How gated layers spread their budget (static under jit): the `level` ("head", "global" or
     "token"), the per-head cap of "global", and the neighbourhood (odd, in slots) and ranking
-    ("score" or "quantile") of "token". Built from an `EvictionPolicy` by the engine; `PER_HEAD` is
+    ("score", "quantile" or "either") of "token". Built from an `EvictionPolicy` by the engine; `PER_HEAD` is
     decoding's allocation."""
 
     level: str

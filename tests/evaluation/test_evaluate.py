@@ -95,7 +95,7 @@ def test_an_interrupted_run_resumes_and_another_config_is_refused(tmp_path, monk
     assert calls == [("recall", "full"), ("recall", "gate"), ("needle", "full"), ("needle", "gate")]
     assert [r for r in regated["records"] if r["scorer"] != "gate"] == \
         [r for r in first["records"] if r["scorer"] != "gate"]
-    assert {r.get("token_rank") for r in regated["records"] if r["ratio"] < 1.0} >= {"score", "quantile"}
+    assert {r.get("token_rank") for r in regated["records"] if r["ratio"] < 1.0} >= {"either", "quantile"}
     ranked_before = json.loads(path.read_text())  # a file from before token_rank: its gate records ranked by quantile
     for record in ranked_before["records"]:
         record.pop("token_rank", None)
@@ -138,7 +138,7 @@ def test_decode_records_from_before_token_level_decoding_are_scored_again(tmp_pa
     kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
     assert sorted(scorer for _, scorer, _ in kept) == ["full", "snapkv"]
     assert kept["decode", "snapkv", 0.3] == {**records[2], "token_rank": "quantile"}
-    assert eviction_tags(config, "decode", "gate", 0.3) == {"token_rank": "score", "decode_level": "token"}
+    assert eviction_tags(config, "decode", "gate", 0.3) == {"token_rank": "either", "decode_level": "token"}
     config.level = "head"
     assert eviction_tags(config, "decode", "gate", 0.3) == {"decode_level": "head"}
     assert eviction_tags(config, "recall", "full", 1.0) == {}
@@ -154,7 +154,7 @@ def test_records_missing_a_metric_of_their_task_are_scored_again(tmp_path):
     measured = {"per_sample": {"accuracy": [1.0], "key_nll": [0.5], "delta_key_nll": [0.0]}}
     records = [{"task": "needle", "scorer": "full", "ratio": 0.3, "per_sample": {"accuracy": [1.0]}},
                {"task": "needle", "scorer": "snapkv", "ratio": 0.3, **measured},
-               {"task": "needle", "scorer": "gate", "ratio": 0.3, "gates_sha256": "g", "token_rank": "score",
+               {"task": "needle", "scorer": "gate", "ratio": 0.3, "gates_sha256": "g", "token_rank": "either",
                 **measured}]
     header = {"config": config.to_dict(), "timings": {}}
     (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
@@ -250,7 +250,7 @@ def test_needle_tables_show_the_key_nll_increase_paired_with_full_and_name_other
                 "accuracy": accuracy, "key_nll": key_nll, "delta_key_nll": sum(deltas) / 2, "kv_fraction": 0.3,
                 "per_sample": {"delta_key_nll": deltas}, "standard_error": standard_errors({"delta_key_nll": deltas})}
 
-    records = [record("full", 0.5, 1.25, [0.0, 0.0]), {**record("gate", 0.5, 1.5, [0.0, 0.5]), "token_rank": "score"}]
+    records = [record("full", 0.5, 1.25, [0.0, 0.0]), {**record("gate", 0.5, 1.5, [0.0, 0.5]), "token_rank": "either"}]
     by_quantile = [{**record("gate", 1.0, 1.0, [-0.5, 0.0]), "token_rank": "quantile"}]  # not the gate's default
     text = markdown_tables({"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": records},
                            {"header": {"config": {"context_length": 8000, "token_pool": 3}}, "records": by_quantile})

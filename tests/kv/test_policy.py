@@ -38,10 +38,10 @@ def test_the_default_level_is_the_best_measured_one_everywhere():
     assert (args.level, args.token_pool, args.token_rank) == (policy.level, policy.token_pool, policy.token_rank)
 
 
-def test_the_token_ranking_is_by_score_for_the_gate_only():
-    """The gate's scores are probabilities of one target in every layer (ranked by score: the best
-    measured, docs/results.md); other scorers' scales differ by layer (ranked by quantile)."""
-    assert EvictionPolicy(scorer="gate", ratio=0.3).token_ranking == "score"
+def test_the_gate_ranks_tokens_by_either_ranking_and_other_scorers_by_quantile():
+    """The gate takes the better of its score and quantile ranks (the best measured,
+    docs/results.md); other scorers' scales differ by layer (ranked by quantile)."""
+    assert EvictionPolicy(scorer="gate", ratio=0.3).token_ranking == "either"
     assert EvictionPolicy(scorer="snapkv", ratio=0.3).token_ranking == "quantile"
     assert EvictionPolicy(scorer="gate", ratio=0.3, token_rank="quantile").token_ranking == "quantile"
     assert EvictionPolicy(scorer="keydiff", ratio=0.3, token_rank="score").token_ranking == "score"
