@@ -49,7 +49,7 @@ def test_quickstart_on_cpu(tmp_path):
     questions = results["questions"]
     assert results["correct"]["full"] == questions  # the document and questions are fair
     assert results["correct"]["gate"] >= results["correct"]["streaming"]
-    assert results["gate_right_where_full_is"] >= questions - 1  # measured: the gate loses the pass key only
+    assert results["gate_right_where_full_is"] >= questions - 1  # measured: 4 (3 ranked by score: the pass key)
     slots = results["gated_slots"]  # gated layers: ceil(0.3 x tokens) per head, the protected window inside
     per_head = math.ceil(0.3 * results["document_tokens"])
     assert slots["kept"] == per_head * results["kv_heads"] * results["gated_layers"]
