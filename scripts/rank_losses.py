@@ -1,0 +1,71 @@
+"""Which continuation tokens lose NLL when the gate ranks tokens by one `token_rank` instead of another.
+
+    python scripts/rank_losses.py [--source stdlib] [--context_length 8000] [--sample 1] [--top 8]
+
+On one held-out continuation sample (as `python -m gatekv_jax.evaluate --config.tasks=continuation`
+builds them; sample 1 of 8K code is the one "either" loses to "score"), prefills the context with
+the full cache and with the gate at 30% under each ranking, teacher-forces the continuation, and
+prints the continuation tokens whose NLL increase over full grows most from the first ranking to
+the second, with how many copies of each token the context has and how many each ranking keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from gatekv_jax.engine import RepeatPrompts, continuation_log_probs, prefill
+from gatekv_jax.evaluation import continuation_samples, load_config, policy_for
+from gatekv_jax.kv import pretrained_gates
+from gatekv_jax.models import load_model, load_tokenizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--source", default="stdlib")
+    parser.add_argument("--context_length", type=int, default=8000)
+    parser.add_argument("--sample", type=int, default=1)
+    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--ranks", default="score,either")
+    parser.add_argument("--top", type=int, default=8)
+    args = parser.parse_args()
+    first, second = args.ranks.split(",")
+    config = load_config(n_samples=args.sample + 1, context_length=args.context_length)
+    config.data.source = args.source
+    model, tokenizer = load_model(config.model), load_tokenizer(config.model)
+    gates = pretrained_gates(config.model)
+    prefix = list(RepeatPrompts.from_tokenizer(tokenizer, model.config.model_type).prefix)
+    layer_index = model.config.full_attention_layers[0]
+    sample = continuation_samples(config, tokenizer)[args.sample]
+    context, continuation = sample.context.tolist(), sample.continuation.tolist()
+    nll, kept = {}, {}
+    for name in ("full", first, second):
+        scorer = "full" if name == "full" else "gate"
+        policy = policy_for(config, scorer, 1.0 if scorer == "full" else args.ratio)
+        if scorer == "gate":
+            policy = dataclasses.replace(policy, token_rank=name)
+        scorer_gates = gates if scorer == "gate" else None
+        compressed = prefill(model, [prefix + context], policy, gates=scorer_gates, prefix_length=len(prefix))
+        log_probs = continuation_log_probs(model, None, [continuation], policy, gates=scorer_gates,
+                                           context=compressed)[0]
+        nll[name] = -np.asarray(jnp.take_along_axis(log_probs, jnp.asarray(continuation)[:, None], axis=1)[:, 0])
+        positions = np.asarray(compressed.cache.layers[layer_index].positions[0, 0])
+        kept[name] = set((positions[positions >= len(prefix)] - len(prefix)).tolist())
+    increase = {name: nll[name] - nll["full"] for name in (first, second)}
+    change = increase[second] - increase[first]
+    worst = np.argsort(-change)[:args.top]
+    print(f"sample {args.sample}: NLL increase over full {first} {increase[first].mean():+.3f}, {second} "
+          f"{increase[second].mean():+.3f}; the {args.top} tokens below carry {change[worst].sum():+.2f} of the "
+          f"{change.sum():+.2f} summed change")
+    for i in worst:
+        copies = [p for p, token in enumerate(context) if token == continuation[i]]
+        print(f"  {tokenizer.decode(continuation[max(0, i - 8):i + 1])!r}: {first} {increase[first][i]:+.2f}, "
+              f"{second} {increase[second][i]:+.2f}; copies in the context {len(copies)}, kept by {first} "
+              f"{sum(p in kept[first] for p in copies)}, by {second} {sum(p in kept[second] for p in copies)}")
+
+
+if __name__ == "__main__":
+    main()
