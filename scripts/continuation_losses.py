@@ -30,6 +30,17 @@ SCORERS = ("full", "gate", "h2o")
 RARE = 10  # "rare" continuation tokens occur at most this often in the context
 
 
+def token_nll_and_kept(model, policy, gates, prefix: list[int], context: list[int], continuation: list[int],
+                       layer_index: int) -> tuple[np.ndarray, set[int]]:
+    """Per-token NLL of `continuation` after prefilling `prefix + context` under `policy` (engine
+    prefill, prefix protected), and the context positions kept in layer `layer_index`'s first head."""
+    compressed = prefill(model, [prefix + context], policy, gates=gates, prefix_length=len(prefix))
+    log_probs = continuation_log_probs(model, None, [continuation], policy, gates=gates, context=compressed)[0]
+    nll = -np.asarray(jnp.take_along_axis(log_probs, jnp.asarray(continuation)[:, None], axis=1)[:, 0])
+    positions = np.asarray(compressed.cache.layers[layer_index].positions[0, 0])
+    return nll, set((positions[positions >= len(prefix)] - len(prefix)).tolist())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=6)
@@ -50,13 +61,8 @@ def main() -> None:
         nll, kept = {}, {}
         for scorer in SCORERS:
             policy = policy_for(config, scorer, 1.0 if scorer == "full" else args.ratio)
-            scorer_gates = gates if scorer == "gate" else None
-            compressed = prefill(model, [prefix + context], policy, gates=scorer_gates, prefix_length=len(prefix))
-            log_probs = continuation_log_probs(model, None, [continuation], policy, gates=scorer_gates,
-                                               context=compressed)[0]
-            nll[scorer] = -np.asarray(jnp.take_along_axis(log_probs, jnp.asarray(continuation)[:, None], axis=1)[:, 0])
-            positions = np.asarray(compressed.cache.layers[layer_index].positions[0, 0])
-            kept[scorer] = set((positions[positions >= len(prefix)] - len(prefix)).tolist())
+            nll[scorer], kept[scorer] = token_nll_and_kept(model, policy, gates if scorer == "gate" else None, prefix,
+                                                           context, continuation, layer_index)
         increase = {s: nll[s] - nll["full"] for s in ("gate", "h2o")}
         worst = np.argsort(-increase["gate"])[:args.top]
         tokens = []

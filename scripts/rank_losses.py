@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
+from continuation_losses import token_nll_and_kept  # scripts/ is on the path when run as a script
 
-from gatekv_jax.engine import RepeatPrompts, continuation_log_probs, prefill
+from gatekv_jax.engine import RepeatPrompts
 from gatekv_jax.evaluation import continuation_samples, load_config, policy_for
 from gatekv_jax.kv import pretrained_gates
 from gatekv_jax.models import load_model, load_tokenizer
@@ -47,13 +47,8 @@ def main() -> None:
         policy = policy_for(config, scorer, 1.0 if scorer == "full" else args.ratio)
         if scorer == "gate":
             policy = dataclasses.replace(policy, token_rank=name)
-        scorer_gates = gates if scorer == "gate" else None
-        compressed = prefill(model, [prefix + context], policy, gates=scorer_gates, prefix_length=len(prefix))
-        log_probs = continuation_log_probs(model, None, [continuation], policy, gates=scorer_gates,
-                                           context=compressed)[0]
-        nll[name] = -np.asarray(jnp.take_along_axis(log_probs, jnp.asarray(continuation)[:, None], axis=1)[:, 0])
-        positions = np.asarray(compressed.cache.layers[layer_index].positions[0, 0])
-        kept[name] = set((positions[positions >= len(prefix)] - len(prefix)).tolist())
+        nll[name], kept[name] = token_nll_and_kept(model, policy, gates if scorer == "gate" else None, prefix,
+                                                   context, continuation, layer_index)
     increase = {name: nll[name] - nll["full"] for name in (first, second)}
     change = increase[second] - increase[first]
     worst = np.argsort(-change)[:args.top]
