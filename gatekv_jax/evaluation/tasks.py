@@ -91,9 +91,8 @@ def needle_samples(config, tokenizer) -> list[Sample]:
     tokens `scored`)."""
     rng = np.random.default_rng([config.seed, 2])
     out = []
-    fillers = _heldout_contexts(config, tokenizer, config.context_length)
-    for _ in range(config.n_samples):
-        filler = list(next(fillers))
+    for filler_tokens, _ in zip(_heldout_contexts(config, tokenizer, config.context_length), range(config.n_samples)):
+        filler = list(filler_tokens)
         for depth in (float(d) for d in str(config.needle_depths).split(",")):
             key = str(rng.integers(10000, 99999))
             needle = _ids(tokenizer, f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n")

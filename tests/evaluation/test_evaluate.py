@@ -183,6 +183,19 @@ def test_needle_samples_teacher_force_the_key_after_the_question(tmp_path):
         assert f"The pass key is {sample.answer}." in tokenizer.decode(sample.context)
 
 
+def test_every_builder_stops_at_the_last_heldout_context(tmp_path):
+    from gatekv_jax.evaluation.tasks import SAMPLE_BUILDERS
+
+    config = eval_config(tmp_path)
+    tokenizer = gk.load_tokenizer(TINY_MODEL)
+    config.n_samples = 10**6  # more than the held-out split has: every builder returns what there is
+    available = len(SAMPLE_BUILDERS["recall"](config, tokenizer))
+    assert 1 <= available < config.n_samples
+    assert len(SAMPLE_BUILDERS["needle"](config, tokenizer)) == available  # one pass key per context here
+    config.n_samples = available - 1 if available > 1 else 1
+    assert len(SAMPLE_BUILDERS["needle"](config, tokenizer)) == config.n_samples
+
+
 def test_token_f1():
     assert token_f1("a b c", "a b c") == 1.0
     assert token_f1("a b", "a c") == pytest.approx(0.5)
