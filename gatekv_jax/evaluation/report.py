@@ -50,6 +50,20 @@ def _scorer_name(record: dict) -> str:
         f"{record['scorer']} ({rank} rank)"
 
 
+def _names(rows: list[dict]):
+    """`_scorer_name` for one table's rows, which also names the gates (the first 8 hex digits of
+    `gates_sha256`) where rows of one name were made with different gates, so none hides another."""
+    gates = {}
+    for r in rows:
+        gates.setdefault(_scorer_name(r), set()).add(r.get("gates_sha256"))
+
+    def name(record: dict) -> str:
+        base = _scorer_name(record)
+        digest = record.get("gates_sha256")
+        return f"{base} (gates {digest[:8] if digest else 'unrecorded'})" if len(gates[base]) > 1 else base
+    return name
+
+
 def _cell(record: dict, metric: str, fmt: str) -> str:
     """`mean` or `mean ± standard error` in the table's format."""
     error = record.get("standard_error", {}).get(metric)
@@ -131,7 +145,8 @@ def markdown_tables(*results: dict) -> str:
             if not rows:
                 continue
             ratios = sorted({r["ratio"] for r in rows if r["ratio"] < 1.0})
-            scorers = list(dict.fromkeys(map(_scorer_name, rows)))
+            name = _names(rows)
+            scorers = list(dict.fromkeys(map(name, rows)))
             full_key = FULL_VALUE.get(metric)  # files from before a metric existed have full records without it
             full = next((r for r in group if r["task"] == task and r["scorer"] == "full" and full_key in r), None)
             full_value = f"{full[full_key]:.3f}" if full else "-"
@@ -141,7 +156,7 @@ def markdown_tables(*results: dict) -> str:
             out.append("| scorer | " + " | ".join(f"{q:g}" for q in ratios) + " |")
             out.append("| --- |" + " --- |" * len(ratios))
             for scorer in scorers:
-                values = {r["ratio"]: _cell(r, metric, fmt) for r in rows if _scorer_name(r) == scorer}
+                values = {r["ratio"]: _cell(r, metric, fmt) for r in rows if name(r) == scorer}
                 cells = [values.get(q, "-") for q in ratios]
                 out.append(f"| {scorer} | " + " | ".join(cells) + " |")
             out.append("")
