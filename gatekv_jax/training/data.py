@@ -3,9 +3,10 @@
 Sources: "stdlib" (the Python code of the standard library) and "prose" (the English that ships
 with Python: the language reference's topics, each module's docstrings and comments, IDLE's help
 and news): both offline, always there; local files (.txt / .md / .py read whole; .jsonl with a
-"text" field per line), and "fineweb-edu" (the hub's dataset streamed through `datasets`; needs
-network and `pip install datasets`). A mixture "stdlib:0.5,prose:0.5" draws contexts from each
-source by share; every context comes from one source.
+"text" field per line; a folder stands for every such file under it), and "fineweb-edu" (the
+hub's dataset streamed through `datasets`; needs network and `pip install datasets`). A mixture
+"stdlib:0.5,prose:0.5" draws contexts from each source by share; every context comes from one
+source.
 """
 
 from __future__ import annotations
@@ -148,22 +149,39 @@ def prose_documents(min_chars: int = 2000) -> Iterator[tuple[str, str]]:
             yield doc_id, text
 
 
+LOCAL_SUFFIXES = (".txt", ".md", ".py", ".jsonl")  # the files a folder given as a local path stands for
+
+
+def _file_documents(path: str, doc_id: str) -> Iterator[tuple[str, str]]:
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f):
+                if line.strip():
+                    record = json.loads(line)
+                    if "text" not in record:
+                        raise ValueError(f"{path}:{number + 1} has no 'text' field")
+                    yield f"{doc_id}:{number + 1}", record["text"]
+    else:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield doc_id, f.read()
+
+
 def local_documents(paths: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """`(doc_id, text)` from text files, or from .jsonl files with a "text" field on each line."""
+    """`(doc_id, text)` from text files, from .jsonl files with a "text" field on each line, or from
+    every such file under a folder (sorted; ids relative to the folder, so the train/held-out split
+    does not depend on where the folder lies)."""
     for path in paths:
-        if not os.path.isfile(path):
-            raise ValueError(f"text source {path!r} is not a file")
-        if path.endswith(".jsonl"):
-            with open(path, encoding="utf-8") as f:
-                for number, line in enumerate(f):
-                    if line.strip():
-                        record = json.loads(line)
-                        if "text" not in record:
-                            raise ValueError(f"{path}:{number + 1} has no 'text' field")
-                        yield f"{path}:{number + 1}", record["text"]
+        if os.path.isdir(path):
+            found = sorted(os.path.relpath(os.path.join(root, name), path)
+                           for root, _, names in os.walk(path) for name in names if name.endswith(LOCAL_SUFFIXES))
+            if not found:
+                raise ValueError(f"text source folder {path!r} holds no {'/'.join(LOCAL_SUFFIXES)} files")
+            for relative in found:
+                yield from _file_documents(os.path.join(path, relative), relative)
+        elif os.path.isfile(path):
+            yield from _file_documents(path, path)
         else:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                yield path, f.read()
+            raise ValueError(f"text source {path!r} is not a file or a folder")
 
 
 def fineweb_documents(min_chars: int = 40_000, max_chars: int = 150_000,

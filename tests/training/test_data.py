@@ -71,3 +71,22 @@ def test_prose_source_covers_reference_docstrings_and_idle_and_splits_with_the_c
     code_ids = {doc_id for doc_id, _ in data.stdlib_documents()}
     assert "pydoc_data/topics.py" not in code_ids  # its prose is the "prose" source's
     assert len(code_ids) > 300
+
+
+def test_a_local_folder_stands_for_its_text_files_with_ids_relative_to_it(tmp_path):
+    for root in ("a", "b"):  # the same corpus at two places: the same documents and ids
+        (tmp_path / root / "pkg").mkdir(parents=True)
+        (tmp_path / root / "pkg" / "mod.py").write_text("x = 1\n")
+        (tmp_path / root / "notes.md").write_text("# notes\n")
+        (tmp_path / root / "rows.jsonl").write_text('{"text": "one"}\n\n{"text": "two"}\n')
+        (tmp_path / root / "image.png").write_bytes(b"\x89PNG")
+    found = [list(data.local_documents([str(tmp_path / root)])) for root in ("a", "b")]
+    assert found[0] == found[1] == [("notes.md", "# notes\n"), ("pkg/mod.py", "x = 1\n"),
+                                    ("rows.jsonl:1", "one"), ("rows.jsonl:3", "two")]
+    single = str(tmp_path / "a" / "notes.md")
+    assert list(data.local_documents([single])) == [(single, "# notes\n")]  # a file keeps its path as id
+    (tmp_path / "empty").mkdir()
+    for path, match in ((tmp_path / "empty", "holds no .txt/.md/.py/.jsonl files"),
+                        (tmp_path / "missing", "is not a file or a folder")):
+        with pytest.raises(ValueError, match=match):
+            list(data.local_documents([str(path)]))
