@@ -50,17 +50,30 @@ def _scorer_name(record: dict) -> str:
         f"{record['scorer']} ({rank} rank)"
 
 
+# Settings of a run that change a scorer's evictions without changing its name: rows of one name
+# that differ in them are labelled with them (`gates` is the gates' digest, from the record).
+SETTING_LABELS = {"gates": "gates {}", "window": "window {}", "sink": "sink {}", "chunk_size": "chunks of {}"}
+
+
+def _settings(record: dict, config: dict) -> dict:
+    digest = record.get("gates_sha256")
+    return {"gates": digest[:8] if digest else "unrecorded", "window": config.get("window") or "rule",
+            "sink": config.get("sink"), "chunk_size": config.get("chunk_size")}
+
+
 def _names(rows: list[dict]):
-    """`_scorer_name` for one table's rows, which also names the gates (the first 8 hex digits of
-    `gates_sha256`) where rows of one name were made with different gates, so none hides another."""
-    gates = {}
+    """`_scorer_name` for one table's rows, which also names the settings (`SETTING_LABELS`) that
+    differ between rows of one name, so that no row hides or passes for another."""
+    values = {}
     for r in rows:
-        gates.setdefault(_scorer_name(r), set()).add(r.get("gates_sha256"))
+        for key, value in r["settings"].items():
+            values.setdefault((_scorer_name(r), key), set()).add(value)
 
     def name(record: dict) -> str:
         base = _scorer_name(record)
-        digest = record.get("gates_sha256")
-        return f"{base} (gates {digest[:8] if digest else 'unrecorded'})" if len(gates[base]) > 1 else base
+        differ = [SETTING_LABELS[key].format(value) for key, value in record["settings"].items()
+                  if len(values[base, key]) > 1]
+        return f"{base} ({', '.join(differ)})" if differ else base
     return name
 
 
@@ -121,9 +134,10 @@ def context_tables(group: list[dict], title: str) -> list[str]:
         out.append("| copied 8-grams | " + " | ".join(f"{c:.2f}" for c in copied) + " | | |")
         out.append("| full NLL | " + " | ".join(f"{f:.3f}" for f in fulls) + f" | {sum(fulls) / n:.3f} | "
                    + (f"{sum(fulls[i] for i in free) / len(free):.3f}" if free else "-") + " |")
+        name = _names(same)
         for record in same:
             deltas = record["per_sample"]["delta_nll"]
-            out.append(f"| {_scorer_name(record)} | " + " | ".join(f"{d:+.3f}" for d in deltas)
+            out.append(f"| {name(record)} | " + " | ".join(f"{d:+.3f}" for d in deltas)
                        + f" | {_mean_with_share(deltas, fulls)} | "
                        + _mean_with_share([deltas[i] for i in free], [fulls[i] for i in free]) + " |")
         out.append("")
@@ -133,7 +147,8 @@ def context_tables(group: list[dict], title: str) -> list[str]:
 def markdown_tables(*results: dict) -> str:
     """The tables of one or more results dicts (as written to results.json)."""
     records = [{**r, "context_length": res["header"]["config"].get("context_length"),
-                "domain": _domain(res["header"]["config"]), "level": _level_name(r["level"], res["header"]["config"])}
+                "domain": _domain(res["header"]["config"]), "level": _level_name(r["level"], res["header"]["config"]),
+                "settings": _settings(r, res["header"]["config"])}
                for res in results for r in res["records"]]
     groups = dict.fromkeys((r["context_length"], r["domain"], r["level"]) for r in records)
     out = []

@@ -257,14 +257,16 @@ def test_tables_show_standard_errors_and_keep_domains_apart():
     assert "(2000 tokens, prose, token (pool 3) level, 3 samples)" in text and "| gate | 0.750 |" in text
 
 
-def test_tables_name_the_gates_where_one_table_mixes_gates():
-    def results(nll, digest):
+def test_tables_name_the_settings_that_differ_where_one_table_mixes_runs():
+    def results(nll, digest, window=None):
         record = {"task": "recall", "scorer": "gate", "ratio": 0.3, "level": "token", "n_samples": 1, "nll": nll,
                   "nll_full": 0.5, "kv_fraction": 0.3, "gates_sha256": digest}
-        return {"header": {"config": {"context_length": 2000, "token_pool": 3}}, "records": [record]}
+        return {"header": {"config": {"context_length": 2000, "token_pool": 3, "window": window}}, "records": [record]}
 
     text = markdown_tables(results(0.75, "ab" * 32), results(1.25, "cd" * 32))
     assert "| gate (gates abababab) | 0.750 |" in text and "| gate (gates cdcdcdcd) | 1.250 |" in text
+    text = markdown_tables(results(0.75, "ab" * 32), results(1.25, "ab" * 32, window=1024))
+    assert "| gate (window rule) | 0.750 |" in text and "| gate (window 1024) | 1.250 |" in text
     one_gates = markdown_tables(results(0.75, "ab" * 32))
     assert "| gate | 0.750 |" in one_gates and "(gates" not in one_gates
 
