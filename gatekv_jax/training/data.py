@@ -172,12 +172,12 @@ def local_documents(paths: Iterable[str]) -> Iterator[tuple[str, str]]:
     does not depend on where the folder lies)."""
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.relpath(os.path.join(root, name), path)
+            found = sorted(os.path.relpath(os.path.join(root, name), path).replace(os.sep, "/")
                            for root, _, names in os.walk(path) for name in names if name.endswith(LOCAL_SUFFIXES))
             if not found:
                 raise ValueError(f"text source folder {path!r} holds no {'/'.join(LOCAL_SUFFIXES)} files")
-            for relative in found:
-                yield from _file_documents(os.path.join(path, relative), relative)
+            for relative in found:  # ids with "/" on every system
+                yield from _file_documents(os.path.join(path, *relative.split("/")), relative)
         elif os.path.isfile(path):
             yield from _file_documents(path, path)
         else:
