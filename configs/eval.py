@@ -21,7 +21,8 @@ def get_config():
     c.needle_depths = "0.1,0.5,0.9"
     c.n_samples = 3
     c.chunk_size = 512
-    c.window = config_dict.placeholder(int)  # None: the paper's rule (2% of short contexts)
+    c.window = config_dict.placeholder(int)  # None: sized by window_rule
+    c.window_rule = config_dict.placeholder(str)  # "paper"/"scaled"; None: gate scaled, others paper
     c.sink = 4
     c.chat_prefix = True  # contexts follow the chat template's start (BOS, user turn), never evicted
     c.seed = 0

@@ -16,7 +16,7 @@ import sys
 from gatekv_jax.engine.decode import generate
 from gatekv_jax.engine.prefill import prefill
 from gatekv_jax.kv.gate_files import PRETRAINED, load_gates, pretrained_gates
-from gatekv_jax.kv.policy import LEVELS, SCORERS, TOKEN_RANKS, EvictionPolicy
+from gatekv_jax.kv.policy import LEVELS, SCORERS, TOKEN_RANKS, WINDOW_RULES, EvictionPolicy
 from gatekv_jax.models.loading import load_model, load_tokenizer
 
 DEFAULTS = EvictionPolicy(scorer="full")  # the library's field defaults are the CLI's
@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scorer", default="gate", choices=SCORERS)
     p.add_argument("--ratio", type=float)
     p.add_argument("--budget", type=int)
-    p.add_argument("--window", type=int)
+    p.add_argument("--window", type=int, help="recent context tokens never evicted (default: by --window_rule)")
+    p.add_argument("--window_rule", choices=WINDOW_RULES,
+                   help="how the recent window is sized (default: scaled for the gate, paper otherwise)")
     p.add_argument("--sink", type=int, default=DEFAULTS.sink)
     p.add_argument("--chunk_size", type=int, default=DEFAULTS.chunk_size)
     p.add_argument("--level", default=DEFAULTS.level, choices=LEVELS,
@@ -67,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy = EvictionPolicy(scorer=args.scorer, ratio=None if args.scorer == "full" else ratio,
                                 budget=None if args.scorer == "full" else args.budget, window=args.window,
-                                sink=args.sink, chunk_size=args.chunk_size, level=args.level,
-                                token_pool=args.token_pool, token_rank=args.token_rank,
+                                window_rule=args.window_rule, sink=args.sink, chunk_size=args.chunk_size,
+                                level=args.level, token_pool=args.token_pool, token_rank=args.token_rank,
                                 decode_budget=args.decode_budget, seed=args.seed)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None

@@ -10,6 +10,7 @@ This is how the tables in docs/ are made.
 
 from __future__ import annotations
 
+from gatekv_jax.evaluation.resume import LEGACY_TAGS
 from gatekv_jax.kv.policy import default_token_rank
 
 # (task, metric, title, format); titles may use {full}, the full cache's value
@@ -52,12 +53,16 @@ def _scorer_name(record: dict) -> str:
 
 # Settings of a run that change a scorer's evictions without changing its name: rows of one name
 # that differ in them are labelled with them (`gates` is the gates' digest, from the record).
-SETTING_LABELS = {"gates": "gates {}", "window": "window {}", "sink": "sink {}", "chunk_size": "chunks of {}"}
+SETTING_LABELS = {"gates": "gates {}", "window": "{}", "sink": "sink {}", "chunk_size": "chunks of {}"}
+WINDOW_LABELS = {"paper": "the paper's window", "scaled": "scaled window"}
 
 
 def _settings(record: dict, config: dict) -> dict:
     digest = record.get("gates_sha256")
-    return {"gates": digest[:8] if digest else "unrecorded", "window": config.get("window") or "rule",
+    window = config.get("window")
+    rule = record.get("window_rule", LEGACY_TAGS["window_rule"])
+    return {"gates": digest[:8] if digest else "unrecorded",
+            "window": f"window {window}" if window else WINDOW_LABELS[rule],
             "sink": config.get("sink"), "chunk_size": config.get("chunk_size")}
 
 

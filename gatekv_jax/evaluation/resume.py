@@ -3,8 +3,8 @@
 `results.json` is refused when its config differs (where it is written, `output`, aside: a results
 folder can be moved and resumed); gate records of other gates (their `gates_sha256`) and records
 evicted another way than the scorer's policy evicts now (their eviction tags: `token_rank` at level
-"token", `decode_level` in the decode task; records from before a tag existed are read with its
-`LEGACY_TAGS` value) and records that lack a metric their task measures today (`TASK_METRICS`)
+"token", `window_rule`, `decode_level` in the decode task; records from before a tag existed are
+read with its `LEGACY_TAGS` value) and records that lack a metric their task measures today (`TASK_METRICS`)
 are dropped to be scored again; and a task's records are refused as stale
 when the full cache's reference, recomputed, no longer matches the file's (other samples or
 numerics)."""
@@ -21,7 +21,8 @@ from gatekv_jax.evaluation.tasks import TASK_METRICS
 from gatekv_jax.utils.files import read_json
 
 LOCATION_FIELDS = ("output",)  # config fields that say where results go, not what they are
-LEGACY_TAGS = {"token_rank": "quantile", "decode_level": "head"}  # how records were made before each tag existed
+# How records were made before each tag existed.
+LEGACY_TAGS = {"token_rank": "quantile", "decode_level": "head", "window_rule": "paper"}
 
 
 def record_key(record: dict) -> tuple:

@@ -62,7 +62,8 @@ def policy_for(config, scorer: str, ratio: float) -> EvictionPolicy:
     full = scorer == "full" or ratio >= 1.0
     return EvictionPolicy(scorer="full" if full else scorer, ratio=None if full else ratio, level=config.level,
                           token_pool=config.token_pool, chunk_size=config.chunk_size, window=config.window,
-                          sink=config.sink, seed=config.seed, token_rank=config.get("token_rank"))
+                          window_rule=config.get("window_rule"), sink=config.sink, seed=config.seed,
+                          token_rank=config.get("token_rank"))
 
 
 def decoding_policy(policy: EvictionPolicy, context_length: int, decode_length: int) -> EvictionPolicy:
@@ -75,12 +76,15 @@ def decoding_policy(policy: EvictionPolicy, context_length: int, decode_length: 
 
 
 def eviction_tags(config, task: str, scorer: str, ratio: float) -> dict[str, str]:
-    """How a record's evictions are made beyond what its config says: `token_rank` (level "token")
-    and `decode_level` (task "decode": the level of the evictions while decoding)."""
+    """How a record's evictions are made beyond what its config says: `token_rank` (level "token"),
+    `window_rule` (no `window` set) and `decode_level` (task "decode": the level of the evictions
+    while decoding)."""
     policy = policy_for(config, scorer, ratio)
     tags = {}
     if policy.evicts and config.level == "token":
         tags["token_rank"] = policy.token_ranking
+    if policy.evicts and policy.window is None:
+        tags["window_rule"] = policy.window_ruling
     if policy.evicts and task == "decode":
         tags["decode_level"] = plan.decode_allocation(policy).level
     return tags

@@ -11,10 +11,10 @@ from gatekv_jax.kv.gate_files import (
                                       pretrained_gates,
                                       save_gates,
 )
-from gatekv_jax.kv.policy import LEVELS, SCORERS, TOKEN_RANKS, EvictionPolicy
+from gatekv_jax.kv.policy import LEVELS, SCORERS, TOKEN_RANKS, WINDOW_RULES, EvictionPolicy
 from gatekv_jax.kv.scorers import ScorerSpec
 
-__all__ = ["LEVELS", "PER_HEAD", "SCORERS", "TOKEN_RANKS", "Allocation", "CompressedContext", "EvictionPolicy",
-           "KVCache", "LayerCache", "ScorerSpec", "check_gates", "download_official_gates", "evict",
+__all__ = ["LEVELS", "PER_HEAD", "SCORERS", "TOKEN_RANKS", "WINDOW_RULES", "Allocation", "CompressedContext",
+           "EvictionPolicy", "KVCache", "LayerCache", "ScorerSpec", "check_gates", "download_official_gates", "evict",
            "export_official_gates", "gate_scores", "import_official_gates", "init_cache",
            "init_gates", "load_gates", "pretrained_gates", "save_gates"]

@@ -137,10 +137,11 @@ def test_decode_records_from_before_token_level_decoding_are_scored_again(tmp_pa
     (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
     kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
     assert sorted(scorer for _, scorer, _ in kept) == ["full", "snapkv"]
-    assert kept["decode", "snapkv", 0.3] == {**records[2], "token_rank": "quantile"}
-    assert eviction_tags(config, "decode", "gate", 0.3) == {"token_rank": "either", "decode_level": "token"}
+    assert kept["decode", "snapkv", 0.3] == {**records[2], "token_rank": "quantile", "window_rule": "paper"}
+    assert eviction_tags(config, "decode", "gate", 0.3) == {"token_rank": "either", "window_rule": "scaled",
+                                                            "decode_level": "token"}
     config.level = "head"
-    assert eviction_tags(config, "decode", "gate", 0.3) == {"decode_level": "head"}
+    assert eviction_tags(config, "decode", "gate", 0.3) == {"window_rule": "scaled", "decode_level": "head"}
     assert eviction_tags(config, "recall", "full", 1.0) == {}
 
 
@@ -155,7 +156,7 @@ def test_records_missing_a_metric_of_their_task_are_scored_again(tmp_path):
     records = [{"task": "needle", "scorer": "full", "ratio": 0.3, "per_sample": {"accuracy": [1.0]}},
                {"task": "needle", "scorer": "snapkv", "ratio": 0.3, **measured},
                {"task": "needle", "scorer": "gate", "ratio": 0.3, "gates_sha256": "g", "token_rank": "either",
-                **measured}]
+                "window_rule": "scaled", **measured}]
     header = {"config": config.to_dict(), "timings": {}}
     (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
     kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
@@ -165,7 +166,7 @@ def test_records_missing_a_metric_of_their_task_are_scored_again(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
     kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
     assert sorted(scorer for _, scorer, _ in kept) == ["snapkv"]
-    assert eviction_tags(config, "needle", "gate", 0.3) == {"token_rank": "quantile"}
+    assert eviction_tags(config, "needle", "gate", 0.3) == {"token_rank": "quantile", "window_rule": "scaled"}
 
 
 def test_needle_samples_teacher_force_the_key_after_the_question(tmp_path):
@@ -266,7 +267,7 @@ def test_tables_name_the_settings_that_differ_where_one_table_mixes_runs():
     text = markdown_tables(results(0.75, "ab" * 32), results(1.25, "cd" * 32))
     assert "| gate (gates abababab) | 0.750 |" in text and "| gate (gates cdcdcdcd) | 1.250 |" in text
     text = markdown_tables(results(0.75, "ab" * 32), results(1.25, "ab" * 32, window=1024))
-    assert "| gate (window rule) | 0.750 |" in text and "| gate (window 1024) | 1.250 |" in text
+    assert "| gate (the paper's window) | 0.750 |" in text and "| gate (window 1024) | 1.250 |" in text
     one_gates = markdown_tables(results(0.75, "ab" * 32))
     assert "| gate | 0.750 |" in one_gates and "(gates" not in one_gates
 
