@@ -57,7 +57,7 @@ class EvictionPolicy:
         context needs, not what comes next: on Gemma 3 270M, packaged gates, 30% kept, 8K code
         (docs/results.md), "scaled" cuts plain continuation's NLL increase on library code the
         gates never saw from 5.8% to 1.8% (stdlib 2.2% to 2.1%) for a little recall (2K prose
-        closes 90.0% of the streaming-to-full gap against 91.5%) and pass keys (still at least
+        closes 89.99% of the streaming-to-full gap against 91.5%) and pass keys (still at least
         the full cache's everywhere).
     sink: first tokens never evicted (the attention sinks); `prefix` more leading tokens (a
         system prompt / template) may be protected per call.
