@@ -4,9 +4,9 @@
 folder can be moved and resumed); gate records of other gates (their `gates_sha256`) and records
 evicted another way than the scorer's policy evicts now (their eviction tags: `token_rank` at level
 "token", `window_rule`, `decode_level` in the decode task; records from before a tag existed are
-read with its `LEGACY_TAGS` value) and records that lack a metric their task measures today (`TASK_METRICS`)
-are dropped to be scored again; and a task's records are refused as stale
-when the full cache's reference, recomputed, no longer matches the file's (other samples or
+read with its `LEGACY_TAGS` value) and records that lack a metric their task measures today
+(`TASK_METRICS`) are dropped to be scored again; and a task's records are refused as stale when
+the full cache's reference, recomputed, no longer matches the file's (other samples or
 numerics)."""
 
 from __future__ import annotations

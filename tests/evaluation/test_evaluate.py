@@ -161,6 +161,10 @@ def test_records_missing_a_metric_of_their_task_are_scored_again(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
     kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
     assert sorted(scorer for _, scorer, _ in kept) == ["gate", "snapkv"]
+    untagged = [records[0], records[1], {k: v for k, v in records[2].items() if k != "window_rule"}]
+    (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": untagged}))
+    kept, _ = previous_records(config, str(tmp_path / "results.json"), "g", eviction_tags)
+    assert sorted(scorer for _, scorer, _ in kept) == ["snapkv"]  # the gate's was made with the paper's window
     config.token_rank = "quantile"
     header["config"] = config.to_dict()
     (tmp_path / "results.json").write_text(json.dumps({"header": header, "records": records}))
@@ -268,6 +272,10 @@ def test_tables_name_the_settings_that_differ_where_one_table_mixes_runs():
     assert "| gate (gates abababab) | 0.750 |" in text and "| gate (gates cdcdcdcd) | 1.250 |" in text
     text = markdown_tables(results(0.75, "ab" * 32), results(1.25, "ab" * 32, window=1024))
     assert "| gate (the paper's window) | 0.750 |" in text and "| gate (window 1024) | 1.250 |" in text
+    scaled = results(1.25, "ab" * 32)
+    scaled["records"][0]["window_rule"] = "scaled"  # the gate's default rule since it was tagged
+    text = markdown_tables(results(0.75, "ab" * 32), scaled)
+    assert "| gate (the paper's window) | 0.750 |" in text and "| gate (scaled window) | 1.250 |" in text
     one_gates = markdown_tables(results(0.75, "ab" * 32))
     assert "| gate | 0.750 |" in one_gates and "(gates" not in one_gates
 
