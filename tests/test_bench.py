@@ -57,6 +57,20 @@ def test_bench_tiny_mode_writes_results_with_zero_compiles_after_warmup(tmp_path
     tables = capsys.readouterr().out
     assert "**prefill**" in tables and "ours full / sdpa" in tables and "Compiles after warm-up: 0." in tables
     assert "GFLOP/s (ours / torch" in tables
+    env = results["environment"]
+    assert f"({env['platform']}, {env['cpu_model']}, {env['cpu_vector']}, " in tables
+
+
+def test_cpu_description_names_the_model_and_the_widest_vector_unit():
+    from gatekv_jax.evaluation.benchmark import cpu_description
+
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n\n" \
+          "processor\t: 1\n"
+    assert cpu_description(x86) == ("AMD EPYC", "AVX-512")
+    assert cpu_description(x86.replace(" avx512f avx512bw", "")) == ("AMD EPYC", "AVX2")
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\nCPU implementer\t: 0x41\n"
+    assert cpu_description(arm)[1] == "NEON"
+    assert cpu_description("")[1] == "unknown"
 
 
 def test_prefill_kv_bytes_is_what_a_chunked_prefill_holds(monkeypatch):

@@ -76,11 +76,32 @@ def _torch_available() -> bool:
     return True
 
 
+_VECTOR_UNITS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON"))  # widest first
+
+
+def cpu_description(cpuinfo: str) -> tuple[str, str]:
+    """`(model name, widest vector unit)` of a Linux /proc/cpuinfo text: ("AMD EPYC", "AVX-512");
+    "unknown" where the text does not say. The host's matmul speed, and so every ratio against
+    transformers, depends on the vector unit (docs/results.md#speed)."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    vector = next((name for flag, name in _VECTOR_UNITS if flag in flags), "unknown")
+    return fields.get("model name") or platform.processor() or "unknown", vector
+
+
 def environment() -> dict[str, Any]:
     device = jax.devices()[0]
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model, cpu_vector = cpu_description(f.read())
+    except OSError:
+        cpu_model, cpu_vector = platform.processor() or "unknown", "unknown"
     info = dict(platform=device.platform, device_kind=device.device_kind, devices=jax.device_count(),
-                cpu_count=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
-                machine=platform.machine())
+                cpu_count=os.cpu_count(), cpu_model=cpu_model, cpu_vector=cpu_vector,
+                python=platform.python_version(), jax=jax.__version__, machine=platform.machine())
     if _torch_available():
         import torch
         import transformers

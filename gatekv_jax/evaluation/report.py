@@ -199,8 +199,9 @@ def bench_tables(results: dict) -> str:
     peers = sorted({r["engine"] for r in results["prefill"]} - {"gatekv_jax"})
     first_peer = next((p for p in peers if p.endswith("sdpa")), peers[0] if peers else None)
     ratio = f"gate {config['ratio']:.0%}"
+    cpu = f"{env['cpu_model']}, {env['cpu_vector']}, " if "cpu_model" in env else ""  # older bench files lack it
     out = [f"{model['name']} ({model['dtype']}, {model['params_bytes'] / 1e9:.2f} GB of weights) on "
-           f"{env['device_kind']} ({env['platform']}, {env.get('cpu_count')} CPUs); memory bandwidth "
+           f"{env['device_kind']} ({env['platform']}, {cpu}{env.get('cpu_count')} CPUs); memory bandwidth "
            f"{bandwidth / 1e9:.1f} GB/s; tokens/s, best of {config['repeats']}", ""]
     if "matmul" in results:  # bench files from before it was measured have no matmul rates
         m, k, n = results["matmul"]["shape"]
