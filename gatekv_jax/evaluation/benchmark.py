@@ -96,9 +96,10 @@ def environment() -> dict[str, Any]:
     device = jax.devices()[0]
     try:
         with open("/proc/cpuinfo") as f:
-            cpu_model, cpu_vector = cpu_description(f.read())
-    except OSError:
-        cpu_model, cpu_vector = platform.processor() or "unknown", "unknown"
+            cpuinfo = f.read()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    cpu_model, cpu_vector = cpu_description(cpuinfo)
     info = dict(platform=device.platform, device_kind=device.device_kind, devices=jax.device_count(),
                 cpu_count=os.cpu_count(), cpu_model=cpu_model, cpu_vector=cpu_vector,
                 python=platform.python_version(), jax=jax.__version__, machine=platform.machine())
