@@ -82,9 +82,9 @@ class EvictionPolicy:
         Measured on Gemma 3 270M, packaged gates, 30% kept, the paper's window (docs/results.md):
         "either" finds as many pass keys as the full cache or more in every cell (8K: 23 of 54
         code keys, full 18, "score" 16; 16 of 36 prose keys, full 11, "score" 11) and ties
-        "score" on 8K recall, continuation and decoding; it costs 2K prose a little (recall on every held-out context
-        closes 91% of the streaming-to-full gap against 93%, on the first 10 87% against 90%;
-        pass keys 43 of 60 as "score", full 38, but with a higher key NLL).
+        "score" on 8K recall, continuation and decoding; it costs 2K prose a little (recall on
+        every held-out context closes 91% of the streaming-to-full gap against 93%, on the first
+        10 87% against 90%; pass keys 43 of 60 as "score", full 38, but with a higher key NLL).
     decode_budget: slots per head kept while decoding (None = no eviction while decoding); when a
         block of `decode_block` new slots is full, the cache is evicted back to the budget,
         keeping the last `decode_recent` tokens and the first `sink` tokens.
